@@ -1,0 +1,167 @@
+"""Mixing block of MixMo (Ramé et al., ICCV 2021, Sec. 3): mask samplers and `MixingLayer`.
+
+Sampling is split from applying (as Keras' CutMix/MixUp do): `sample_masks` draws per-example
+masks and their realised ratios with pure, stateless TF ops; `MixingLayer` applies them to the M
+stem feature maps. Masks live on the stems' output grid (REFERENCE 12.1).
+
+Shapes use NHWC: masks are float32 [B, M, H, W, 1], kappa is float32 [B, M].
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
+
+# A patch sampler draws, per example, the binary (or soft) mask of the member that is "patched"
+# (member 0 before the role shuffle). Signature: (seed [2] int32, kappa0 [B], H, W) -> [B, H, W].
+PatchSampler = Callable[[tf.Tensor, tf.Tensor, int, int], tf.Tensor]
+PATCH_SAMPLERS: Dict[str, PatchSampler] = {}
+
+# Methods without a patch: "linear" (kappa ~ Dir(alpha)) and "mimo" (kappa fixed at 1/M).
+LINEAR_METHODS = ("linear", "mimo")
+
+
+def register_patch_sampler(name: str):
+  """Registers a patch-mask sampler under `name` (a `--mixing` choice)."""
+
+  def decorator(fn: PatchSampler) -> PatchSampler:
+    if name in PATCH_SAMPLERS or name in LINEAR_METHODS:
+      raise ValueError(f"Mixing method {name!r} is already registered.")
+    PATCH_SAMPLERS[name] = fn
+    return fn
+
+  return decorator
+
+
+def mixing_methods() -> tuple:
+  """All valid `method` names for `sample_masks`."""
+  return LINEAR_METHODS + tuple(sorted(PATCH_SAMPLERS))
+
+
+def _split(seed, num):
+  return tf.unstack(tf.random.experimental.stateless_split(seed, num), axis=0)
+
+
+def _as_seed(seed) -> tf.Tensor:
+  """Accepts an int or a [2] integer tensor; returns a [2] int32 stateless seed."""
+  if isinstance(seed, int):
+    return tf.constant([seed, 0], tf.int32)
+  return tf.cast(tf.convert_to_tensor(seed), tf.int32)
+
+
+def sample_kappa(batch_size, num_members: int, alpha: float, seed) -> tf.Tensor:
+  """kappa ~ Dirichlet(alpha * 1_M) per example, [B, M] (Beta(alpha, alpha) for M = 2), Sec. 3.4."""
+  if num_members == 1:
+    return tf.ones([batch_size, 1], tf.float32)
+  dist = tfd.Dirichlet(tf.fill([num_members], tf.cast(alpha, tf.float32)))
+  return tf.cast(dist.sample(batch_size, seed=_as_seed(seed)), tf.float32)
+
+
+@register_patch_sampler("cutmix")
+def cutmix_box(seed, kappa0, height: int, width: int) -> tf.Tensor:
+  """Binary box masks of area ratio ~kappa0, the reference procedure (REFERENCE 3.2, Eq. 2).
+
+  Sides floor(S * sqrt(kappa)), integer centre uniform on the grid, corners centre -/+ floor(side/2)
+  clipped to the grid (half-open), so odd sides lose one pixel and border boxes are truncated.
+  """
+  batch = tf.shape(kappa0)[0]
+  seed_u, seed_v = _split(seed, 2)
+  sqrt_k = tf.sqrt(tf.clip_by_value(kappa0, 0.0, 1.0))
+  cut_h = tf.cast(tf.floor(height * sqrt_k), tf.int32)
+  cut_w = tf.cast(tf.floor(width * sqrt_k), tf.int32)
+  u = tf.random.stateless_uniform([batch], seed_u, 0, height, dtype=tf.int32)
+  v = tf.random.stateless_uniform([batch], seed_v, 0, width, dtype=tf.int32)
+  u1 = tf.clip_by_value(u - cut_h // 2, 0, height)
+  u2 = tf.clip_by_value(u + cut_h // 2, 0, height)
+  v1 = tf.clip_by_value(v - cut_w // 2, 0, width)
+  v2 = tf.clip_by_value(v + cut_w // 2, 0, width)
+  rows = tf.range(height)[None, :]
+  cols = tf.range(width)[None, :]
+  in_rows = (rows >= u1[:, None]) & (rows < u2[:, None])  # [B, H]
+  in_cols = (cols >= v1[:, None]) & (cols < v2[:, None])  # [B, W]
+  return tf.cast(in_rows[:, :, None] & in_cols[:, None, :], tf.float32)
+
+
+def _linear_masks(kappa, height, width):
+  return tf.broadcast_to(kappa[:, :, None, None, None],
+                         tf.concat([tf.shape(kappa), [height, width, 1]], 0))
+
+
+def _patch_masks(patch, kappa):
+  """Member 0 takes `patch`; members j >= 1 share the complement in proportion kappa_j (Sec. 3.5)."""
+  num_members = kappa.shape[1]
+  rest = kappa[:, 1:]
+  total = tf.reduce_sum(rest, axis=1, keepdims=True)
+  share = tf.where(total > 0, rest / tf.maximum(total, 1e-12), 1.0 / (num_members - 1))
+  patch = patch[:, None, :, :, None]  # [B, 1, H, W, 1]
+  others = (1.0 - patch) * share[:, :, None, None, None]
+  return tf.concat([patch, others], axis=1)
+
+
+def sample_masks(batch_size, height: int, width: int, num_members: int, method: str = "linear",
+                 alpha: float = 2.0, patch_probability=0.5, seed=0):
+  """Samples MixMo masks and realised ratios for one batch.
+
+  Args:
+    batch_size: B (int or scalar tensor).
+    height, width: the stems' output grid (32x32 on CIFAR and on Tiny ImageNet).
+    num_members: M >= 1.
+    method: "linear" (constant masks kappa_i, kappa ~ Dir(alpha)), "mimo" (kappa = 1/M), or a
+      registered patch sampler such as "cutmix" (binary masks, Eq. 2).
+    alpha: Dirichlet / Beta concentration.
+    patch_probability: p. Patch methods use the patch mask with probability p and the linear mask
+      otherwise, drawn once per batch as in the reference (REFERENCE 3.2 step 7, Sec. 4).
+    seed: int or [2] int32 tensor; the result is a pure function of it.
+
+  Returns:
+    masks: float32 [B, M, H, W, 1], summing to 1 over M at every pixel.
+    kappa: float32 [B, M], each member's mask mean (the ratio actually realised, Sec. 3.2).
+  """
+  if method not in mixing_methods():
+    raise ValueError(f"Unknown mixing method {method!r}; expected one of {mixing_methods()}.")
+  if num_members < 1:
+    raise ValueError(f"num_members must be >= 1, got {num_members}.")
+  seed = _as_seed(seed)
+  seed_kappa, seed_patch, seed_coin, seed_perm = _split(seed, 4)
+  if num_members == 1:
+    return tf.ones([batch_size, 1, height, width, 1], tf.float32), tf.ones([batch_size, 1])
+  if method == "mimo":
+    kappa = tf.fill([batch_size, num_members], 1.0 / num_members)
+    return _linear_masks(kappa, height, width), kappa
+  kappa = sample_kappa(batch_size, num_members, alpha, seed_kappa)
+  masks = _linear_masks(kappa, height, width)
+  if method == "linear":
+    return masks, kappa
+  patch = PATCH_SAMPLERS[method](seed_patch, kappa[:, 0], height, width)
+  use_patch = tf.random.stateless_uniform([], seed_coin) < tf.cast(patch_probability, tf.float32)
+  masks = tf.where(use_patch, _patch_masks(patch, kappa), masks)
+  # Role shuffle, once per batch: the patched member is a random one (REFERENCE 3.2 step 6).
+  perm = tf.argsort(tf.random.stateless_uniform([num_members], seed_perm))
+  masks = tf.gather(masks, perm, axis=1)
+  kappa = tf.reduce_mean(masks, axis=[2, 3, 4])
+  return masks, kappa
+
+
+@keras.saving.register_keras_serializable(package="mixmo_tf")
+class MixingLayer(keras.layers.Layer):
+  """MixMo mixing block M(l_0..l_{M-1}) (Sec. 3.1).
+
+  Training (masks given): M * sum_i mask_i * l_i. Inference (masks None): sum_i l_i, which is what
+  the training form gives for constant masks 1/M, so train and test activations share a scale.
+  Masks [B, M, H, W, 1] broadcast over channels and are cast to the features' dtype.
+  """
+
+  def call(self, features, masks=None):
+    stacked = keras.ops.stack(list(features), axis=1)  # [B, M, H, W, C]
+    if masks is None:
+      return keras.ops.sum(stacked, axis=1)
+    masks = keras.ops.cast(masks, stacked.dtype)
+    return len(features) * keras.ops.sum(masks * stacked, axis=1)
+
+  def compute_output_shape(self, features_shape, masks_shape=None):
+    return features_shape[0]

@@ -1,0 +1,110 @@
+"""Pieces shared by the MixMo networks: stems, mixing, multi-head readout, the model class.
+
+Porting constants from the official PyTorch implementation (REFERENCE 2.1):
+- BatchNorm momentum 0.1 in PyTorch = 0.9 in Keras; epsilon 1e-5 (PyTorch default, Keras' is 1e-3).
+- Conv / dense kernels: truncated normal cut at 2 std with std sqrt(2 / fan_in) / 0.8796 = Keras
+  `he_normal`. No conv has a bias.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+
+from mixmo_tf.mixing import MixingLayer
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def conv(filters, kernel_size, strides=1, padding="same", name=None):
+  return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding,
+                             use_bias=False, kernel_initializer="he_normal", name=name)
+
+
+def batch_norm(name=None):
+  return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+
+
+def he_truncated_normal(fan_in):
+  """Keras `he_normal` for a kernel whose fan-in Keras cannot infer (the stacked heads)."""
+  return keras.initializers.TruncatedNormal(stddev=math.sqrt(2.0 / fan_in) / 0.87962566103423978)
+
+
+@keras.saving.register_keras_serializable(package="mixmo_tf")
+class DenseMultihead(keras.layers.Layer):
+  """M dense heads d_i on one feature vector, as a single [M, D, K] kernel: [B, D] -> [B, M, K].
+
+  Equal to M separate `Dense(K)` layers (same parameter count, M * (D * K + K)), in one einsum.
+  """
+
+  def __init__(self, num_members, units, kernel_initializer="he_normal", **kwargs):
+    super().__init__(**kwargs)
+    self.num_members = num_members
+    self.units = units
+    self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+  def build(self, input_shape):
+    dim = input_shape[-1]
+    self.kernel = self.add_weight(name="kernel", shape=(self.num_members, dim, self.units),
+                                  initializer=self.kernel_initializer)
+    self.bias = self.add_weight(name="bias", shape=(self.num_members, self.units),
+                                initializer="zeros")
+
+  def call(self, inputs):
+    kernel = keras.ops.cast(self.kernel, inputs.dtype)
+    bias = keras.ops.cast(self.bias, inputs.dtype)
+    return keras.ops.einsum("bd,mdk->bmk", inputs, kernel) + bias
+
+  def compute_output_shape(self, input_shape):
+    return (input_shape[0], self.num_members, self.units)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(num_members=self.num_members, units=self.units,
+                  kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+    return config
+
+
+class MixMoModel(keras.Model):
+  """Base of the MixMo networks: a Keras functional model with M image inputs and optional masks.
+
+  Inputs: M images [B, H, W, 3], then `masks` [B, M, h, w, 1] on the stems' output grid (optional).
+  Output: logits [B, M, K]. `model([x] * M)` / `model.predict([x] * M)` run the inference path
+  (encodings summed, Sec. 3.1); `model([x_0, .., x_{M-1}, masks], training=True)` mixes.
+  Subclasses build the trunk in `_build_trunk` and store their constructor arguments in `_config`.
+  """
+
+  def _build_graph(self, num_members, image_shape, stem_fn, trunk_fn, head_init, num_classes,
+                   name):
+    images = [keras.Input(image_shape, name=f"image_{i}") for i in range(num_members)]
+    stems = [stem_fn(f"stem_{i}") for i in range(num_members)]
+    features = [stem(x) for stem, x in zip(stems, images)]
+    grid = tuple(features[0].shape[1:3])
+    masks = keras.Input((num_members,) + grid + (1,), name="masks", optional=True)
+    mixed = MixingLayer(name="mixing")(features, masks=masks)
+    pooled = trunk_fn(mixed)
+    logits = DenseMultihead(num_members, num_classes, kernel_initializer=head_init,
+                            name="heads")(pooled)
+    # Keep logits float32 under mixed precision: the loss and metrics need the precision.
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+    super().__init__(inputs=images + [masks], outputs=logits, name=name)
+    self.num_members = num_members
+    self.mask_shape = grid
+
+  def __call__(self, inputs, *args, **kwargs):
+    # Functional models check their input count before `call`: a list of M images means "no masks".
+    if isinstance(inputs, (list, tuple)) and len(inputs) == self.num_members:
+      inputs = list(inputs) + [None]
+    return super().__call__(inputs, *args, **kwargs)
+
+  def stem_layers(self):
+    return [self.get_layer(f"stem_{i}") for i in range(self.num_members)]
+
+  def get_config(self):
+    return dict(self._config)
+
+  @classmethod
+  def from_config(cls, config, custom_objects=None):
+    return cls(**config)

@@ -1,0 +1,52 @@
+"""WideResNet-d-w with M stems and M heads, exactly as the official MixMo code (REFERENCE 2.1-2.2).
+
+Pre-activation wide blocks; the stride sits on the *second* 3x3 conv of a block, padded at the bottom
+and right only (Keras 'same'); projection shortcuts take the raw block input. M = 1 is the vanilla
+WRN. Widths: stem 16, groups 16w / 32w / 64w.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from mixmo_tf.models.common import MixMoModel, batch_norm, conv, he_truncated_normal
+
+
+def apply_wide_block(x, filters, strides, name):
+  """One pre-activation wide block (REFERENCE 2.1, steps 1-5); no dropout."""
+  h = keras.layers.ReLU(name=f"{name}_relu1")(batch_norm(f"{name}_bn1")(x))
+  h = conv(filters, 3, name=f"{name}_conv1")(h)
+  h = keras.layers.ReLU(name=f"{name}_relu2")(batch_norm(f"{name}_bn2")(h))
+  h = conv(filters, 3, strides=strides, name=f"{name}_conv2")(h)
+  if strides != 1 or x.shape[-1] != filters:
+    x = conv(filters, 1, strides=strides, padding="valid", name=f"{name}_shortcut")(x)
+  return keras.layers.Add(name=f"{name}_add")([h, x])
+
+
+@keras.saving.register_keras_serializable(package="mixmo_tf")
+class WideResNet(MixMoModel):
+  """MixMo WRN-`depth`-`width` for `num_members` inputs; output logits [B, M, num_classes]."""
+
+  def __init__(self, depth=28, width=10, num_members=2, num_classes=100, image_shape=(32, 32, 3),
+               name="wide_resnet"):
+    if depth < 10 or (depth - 4) % 6:
+      raise ValueError(f"WRN depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...); got depth={depth}.")
+    if width < 1:
+      raise ValueError(f"WRN width must be >= 1; got width={width}.")
+    if num_members < 1:
+      raise ValueError(f"num_members must be >= 1; got num_members={num_members}.")
+    blocks = (depth - 4) // 6
+    widths = (16 * width, 32 * width, 64 * width)
+
+    def trunk(x):
+      for group, (filters, strides) in enumerate(zip(widths, (1, 2, 2))):
+        for block in range(blocks):
+          x = apply_wide_block(x, filters, strides if block == 0 else 1,
+                               name=f"group{group + 1}_block{block + 1}")
+      x = keras.layers.ReLU(name="final_relu")(batch_norm("final_bn")(x))
+      return keras.layers.GlobalAveragePooling2D(name="pool")(x)
+
+    self._build_graph(num_members, tuple(image_shape), lambda n: conv(16, 3, name=n), trunk,
+                      he_truncated_normal(widths[-1]), num_classes, name)
+    self._config = dict(depth=depth, width=width, num_members=num_members,
+                        num_classes=num_classes, image_shape=tuple(image_shape), name=name)

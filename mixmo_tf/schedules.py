@@ -1,0 +1,54 @@
+"""Learning-rate and patch-probability schedules of the official MixMo runs (REFERENCE 4 and 7)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+# p(e) stays at p0 until e / E reaches 11/12, then decays linearly to 0 at the last epoch (Sec. 4).
+PATCH_DECAY_START = 11.0 / 12.0
+
+
+def patch_probability(epoch, total_epochs, p0):
+  """p(e) for the 1-based epoch e: p0 while e/E < 11/12, then p0 * max(0, (1 - e/E) * 12).
+
+  Works on Python numbers and on tensors (inside `tf.function`).
+  """
+  rho = tf.cast(epoch, tf.float32) / float(total_epochs)
+  decayed = p0 * tf.maximum(0.0, (1.0 - rho) / (1.0 - PATCH_DECAY_START))
+  return tf.where(rho < PATCH_DECAY_START, tf.cast(p0, tf.float32), decayed)
+
+
+@keras.saving.register_keras_serializable(package="mixmo_tf")
+class WarmupPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
+  """Step-wise linear warmup, then epoch-wise multiplicative decays (REFERENCE 7).
+
+  Step k (1-based) uses lr0 * k / T during the T warmup steps. A milestone m (1-based epoch) means
+  epochs >= m use the LR multiplied by `decay_factor` once more. Keras passes the optimizer's
+  0-based iteration count, so step k = iterations + 1.
+  """
+
+  def __init__(self, base_learning_rate: float, steps_per_epoch: int, warmup_steps: int = 0,
+               milestones: Sequence[int] = (), decay_factor: float = 0.1):
+    self.base_learning_rate = float(base_learning_rate)
+    self.steps_per_epoch = int(steps_per_epoch)
+    self.warmup_steps = int(warmup_steps)
+    self.milestones = tuple(int(m) for m in milestones)
+    self.decay_factor = float(decay_factor)
+
+  def __call__(self, step):
+    k = tf.cast(step, tf.float32) + 1.0
+    epoch = tf.floor((k - 1.0) / self.steps_per_epoch) + 1.0
+    num_decays = tf.add_n([tf.cast(epoch >= m, tf.float32) for m in self.milestones] +
+                          [tf.constant(0.0)])
+    lr = self.base_learning_rate * tf.pow(self.decay_factor, num_decays)
+    if self.warmup_steps > 0:
+      lr *= tf.minimum(1.0, k / self.warmup_steps)
+    return lr
+
+  def get_config(self):
+    return dict(base_learning_rate=self.base_learning_rate, steps_per_epoch=self.steps_per_epoch,
+                warmup_steps=self.warmup_steps, milestones=list(self.milestones),
+                decay_factor=self.decay_factor)

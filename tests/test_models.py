@@ -1,0 +1,152 @@
+"""Multi-input WRN / PreActResNet: parameter counts, inference path, saving, gradients, training."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mixmo_tf import build_model, mixmo_loss, sample_masks
+from mixmo_tf.models.common import BN_EPSILON, BN_MOMENTUM
+
+
+def trainable_count(model):
+  return int(sum(np.prod(v.shape) for v in model.trainable_weights))
+
+
+# Official implementation's counts (REFERENCE 2.3 and issue 2), CIFAR-100 heads.
+@pytest.mark.parametrize("width,vanilla,mixmo", [(10, 36_536_884, 36_601_416),
+                                                 (1, 375_348, 382_280),
+                                                 (2, 1_479_220, 1_492_552),
+                                                 (4, 5_872_180, 5_898_312)])
+def test_wrn28_parameter_counts(width, vanilla, mixmo):
+  assert trainable_count(build_model("wide_resnet", depth=28, width=width, num_members=1,
+                                     num_classes=100)) == vanilla
+  assert trainable_count(build_model("wide_resnet", depth=28, width=width, num_members=2,
+                                     num_classes=100)) == mixmo
+
+
+def test_wrn_m3_and_cifar10_counts():
+  assert trainable_count(build_model("wide_resnet", depth=28, width=10, num_members=3,
+                                     num_classes=100)) == 36_665_948
+  assert trainable_count(build_model("wide_resnet", depth=28, width=10, num_members=2,
+                                     num_classes=10)) == 36_486_036
+
+
+def test_preact_resnet18_parameter_counts():
+  assert trainable_count(build_model("preact_resnet18", width=1, num_members=1)) == 11_268_616
+  assert trainable_count(build_model("preact_resnet18", width=1, num_members=2)) == 11_372_944
+
+
+def test_architecture_details():
+  model = build_model("wide_resnet", depth=10, width=2, num_members=2, num_classes=10)
+  bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+  assert bns and all(l.momentum == BN_MOMENTUM and l.epsilon == BN_EPSILON for l in bns)
+  convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+  assert all(not l.use_bias for l in convs)
+  # Stride on the second conv of the first block of groups 2-3; shortcut on the raw input.
+  assert model.get_layer("group2_block1_conv1").strides == (1, 1)
+  assert model.get_layer("group2_block1_conv2").strides == (2, 2)
+  assert model.get_layer("group2_block1_shortcut").input is model.get_layer(
+      "group1_block1_add").output
+  assert model.mask_shape == (32, 32)
+  preact = build_model("preact_resnet18", width=1, num_members=2, image_shape=(64, 64, 3))
+  assert preact.mask_shape == (32, 32)
+  assert preact.get_layer("stem_0").filters == 64
+
+
+def test_head_initialisation_std():
+  model = build_model("wide_resnet", depth=10, width=4, num_members=2, num_classes=100)
+  kernel = model.get_layer("heads").kernel.numpy()
+  np.testing.assert_allclose(kernel.std(), np.sqrt(2 / 256), rtol=0.05)
+  preact = build_model("preact_resnet18", width=1, num_members=2, num_classes=200)
+  np.testing.assert_allclose(preact.get_layer("heads").kernel.numpy().std(), 0.01, rtol=0.05)
+
+
+def _tiny(name="wide_resnet", members=2, **kw):
+  if name == "wide_resnet":
+    return build_model(name, depth=10, width=1, num_members=members, num_classes=5,
+                       image_shape=(8, 8, 3), **kw)
+  return build_model(name, width=1, num_members=members, num_classes=5, image_shape=(16, 16, 3))
+
+
+@pytest.mark.parametrize("name", ["wide_resnet", "preact_resnet18"])
+def test_inference_sums_stems_and_equals_mimo_masks(name):
+  model = _tiny(name)
+  x = np.random.default_rng(0).normal(size=(4,) + model.input_shape[0][1:]).astype(np.float32)
+  out = model.predict([x, x], verbose=0)
+  assert out.shape == (4, 2, 5)
+  # Constant masks 1/M in the training form equal the inference sum (Sec. 3.1); BN in inference.
+  half = np.full((4, 2) + model.mask_shape + (1,), 0.5, np.float32)
+  np.testing.assert_allclose(model([x, x, half], training=False), out, rtol=1e-5, atol=1e-5)
+  # Explicit recomputation: the mixing layer's input is the sum of the two stems' outputs.
+  probe = keras.Model(model.inputs, model.get_layer("mixing").output)
+  stems = [keras.Model(model.inputs[i], model.get_layer(f"stem_{i}").output) for i in range(2)]
+  np.testing.assert_allclose(probe([x, x, None]), stems[0](x) + stems[1](x), rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_reach_every_stem_and_head():
+  model = _tiny(members=3)
+  x = [tf.random.normal((4, 8, 8, 3), seed=i) for i in range(3)]
+  masks, kappa = sample_masks(4, 8, 8, 3, "cutmix", patch_probability=1.0, seed=0)
+  targets = tf.one_hot(tf.constant([[0, 1, 2]] * 4), 5)
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_mean(mixmo_loss(targets, model(x + [masks], training=True), kappa, 3.0))
+  grads = dict(zip([v.path for v in model.trainable_variables],
+                   tape.gradient(loss, model.trainable_variables)))
+  for i in range(3):
+    g = grads[f"stem_{i}/kernel"]
+    assert g is not None and float(tf.reduce_sum(tf.abs(g))) > 0
+  assert all(g is not None for g in grads.values())
+
+
+@pytest.mark.parametrize("name", ["wide_resnet", "preact_resnet18"])
+def test_keras_save_load_round_trip(tmp_path, name):
+  model = _tiny(name)
+  x = np.random.default_rng(1).normal(size=(3,) + model.input_shape[0][1:]).astype(np.float32)
+  path = tmp_path / "model.keras"
+  model.save(path)
+  loaded = keras.models.load_model(path, safe_mode=True)
+  assert type(loaded) is type(model) and loaded.num_members == 2
+  np.testing.assert_allclose(loaded.predict([x, x], verbose=0), model.predict([x, x], verbose=0),
+                             rtol=1e-6, atol=1e-6)
+
+
+def test_invalid_arguments():
+  with pytest.raises(ValueError, match="depth=12"):
+    build_model("wide_resnet", depth=12)
+  with pytest.raises(ValueError, match="num_members=0"):
+    build_model("wide_resnet", depth=10, num_members=0)
+  with pytest.raises(ValueError, match="'resnet50'"):
+    build_model("resnet50")
+
+
+def test_tiny_mixmo_learns_with_cutmix_masks():
+  """A few dozen steps with cutmix masks and w_r weights lower both heads' losses."""
+  keras.utils.set_random_seed(0)
+  rng = np.random.default_rng(0)
+  # A learnable synthetic problem: class = brightest of 4 quadrant-coloured prototypes.
+  protos = rng.normal(size=(4, 8, 8, 3)).astype(np.float32)
+  labels = rng.integers(0, 4, 256)
+  images = protos[labels] + 0.3 * rng.normal(size=(256, 8, 8, 3)).astype(np.float32)
+  model = build_model("wide_resnet", depth=10, width=1, num_members=2, num_classes=4,
+                      image_shape=(8, 8, 3))
+  opt = keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True)
+
+  @tf.function
+  def step(x0, x1, y0, y1, seed):
+    masks, kappa = sample_masks(32, 8, 8, 2, "cutmix", patch_probability=0.5, seed=seed)
+    targets = tf.one_hot(tf.stack([y0, y1], 1), 4)
+    with tf.GradientTape() as tape:
+      logits = model([x0, x1, masks], training=True)
+      per_head = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(targets, logits), 0)
+      loss = tf.reduce_mean(mixmo_loss(targets, logits, kappa, 3.0))
+    opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                            model.trainable_variables))
+    return per_head
+
+  history = []
+  for i in range(48):
+    a, b = rng.integers(0, 256, 32), rng.integers(0, 256, 32)
+    history.append(step(images[a], images[b], labels[a], labels[b], tf.constant([i, 0])).numpy())
+  first, last = np.mean(history[:6], 0), np.mean(history[-6:], 0)
+  assert np.all(last < 0.7 * first), (first, last)
