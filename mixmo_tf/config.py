@@ -1,0 +1,236 @@
+"""Run configuration: absl flag definitions (entry points only) and the frozen `Config` they build.
+
+Library code receives a `Config`; only `train.py` / `evaluate.py` / `export.py` read flags, through
+`define_flags()` and `config_from_flags()`. `Config.validate()` rejects bad values before any data is
+read, naming the flag and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Tuple
+
+from mixmo_tf import mixing
+
+DATASETS = ("digits", "folder", "cifar10", "cifar100", "tiny_imagenet")
+MODELS = ("wide_resnet", "preact_resnet18")
+MSDA = ("none", "mixup", "cutmix")
+ENSEMBLE = ("logits", "probs")
+STRATEGIES = ("mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+# Flags that fix the model or the data: resuming an output_dir with other values is an error.
+ARCHITECTURE_KEYS = ("dataset", "model", "depth", "width", "num_members", "image_size",
+                     "train_subset")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Every setting of a run. Defaults: the official Cut-MixMo CIFAR-100 WRN-28-10 b=2 recipe."""
+  # Data.
+  dataset: str = "cifar100"
+  data_dir: str = ""
+  image_size: int = 0  # 0: the dataset's native size.
+  train_subset: int = 0  # 0: all training examples; N: the first N (fixed order), for quick runs.
+  # Model.
+  model: str = "wide_resnet"
+  depth: int = 28
+  width: int = 10
+  num_members: int = 2
+  # MixMo (Sec. 3) and pixel-level MSDA (Sec. 4.2).
+  mixing: str = "cutmix"
+  alpha: float = 2.0
+  patch_probability: float = 0.5
+  weight_root: float = 3.0
+  batch_repetitions: int = 2
+  input_repetition_probability: float = 0.0
+  msda: str = "none"
+  msda_alpha: float = 1.0
+  msda_probability: float = 0.5
+  # Optimisation (REFERENCE 7): lr0 = base_learning_rate * (batch_size / b) / 128.
+  batch_size: int = 64  # Global, counted with repetitions.
+  epochs: int = 300
+  base_learning_rate: float = 0.1
+  lr_warmup_epochs: float = 1.0
+  lr_decay_epochs: Tuple[int, ...] = (101, 201, 226)
+  lr_decay_ratio: float = 0.1
+  l2: float = 3e-4
+  seed: int = 1234
+  max_steps: int = 0  # 0: run all epochs; N: stop after N steps (smoke tests).
+  # Evaluation and outputs.
+  ensemble: str = "logits"
+  eval_frequency: int = 1
+  checkpoint_frequency: int = 1
+  keep_checkpoints: int = 3
+  log_every_steps: int = 50
+  output_dir: str = ""
+  overwrite: bool = False
+  # Scale.
+  strategy: str = "mirrored"
+  jit_compile: bool = False
+  precision: str = "float32"
+  tpu: str = ""
+
+  @property
+  def unique_batch_size(self) -> int:
+    return self.batch_size // self.batch_repetitions
+
+  @property
+  def base_lr(self) -> float:
+    """lr0, scaled with the unique samples per step (REFERENCE 6.6)."""
+    return self.base_learning_rate * self.unique_batch_size / 128.0
+
+  def validate(self, num_replicas: int = 1) -> "Config":
+    """Raises ValueError naming the offending flag and its allowed values."""
+    def choice(name, allowed):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"--{name}={getattr(self, name)!r} is not valid; allowed: "
+                         f"{', '.join(allowed)}.")
+
+    choice("dataset", DATASETS)
+    choice("model", MODELS)
+    choice("mixing", mixing.mixing_methods())
+    choice("msda", MSDA)
+    choice("ensemble", ENSEMBLE)
+    choice("strategy", STRATEGIES)
+    choice("precision", PRECISIONS)
+
+    def check(ok, name, allowed):
+      if not ok:
+        raise ValueError(f"--{name}={getattr(self, name)!r} is not valid; expected {allowed}.")
+
+    check(self.num_members >= 1, "num_members", "an integer >= 1")
+    check(self.alpha > 0, "alpha", "a value > 0")
+    check(self.msda_alpha > 0, "msda_alpha", "a value > 0")
+    check(self.weight_root > 0, "weight_root", "a value > 0")
+    check(0 <= self.patch_probability <= 1, "patch_probability", "a value in [0, 1]")
+    check(0 <= self.msda_probability <= 1, "msda_probability", "a value in [0, 1]")
+    check(0 <= self.input_repetition_probability <= 1, "input_repetition_probability",
+          "a value in [0, 1]")
+    check(self.batch_repetitions >= 1, "batch_repetitions", "an integer >= 1")
+    check(self.width >= 1, "width", "an integer >= 1")
+    if self.model == "wide_resnet":
+      check(self.depth >= 10 and (self.depth - 4) % 6 == 0, "depth",
+            "6n + 4 for WRN (10, 16, 22, 28, ...)")
+    check(self.epochs >= 1, "epochs", "an integer >= 1")
+    check(self.base_learning_rate > 0, "base_learning_rate", "a value > 0")
+    check(self.l2 >= 0, "l2", "a value >= 0")
+    check(self.eval_frequency >= 1, "eval_frequency", "an integer >= 1")
+    check(self.checkpoint_frequency >= 1, "checkpoint_frequency", "an integer >= 1")
+    check(self.max_steps >= 0, "max_steps", "an integer >= 0")
+    check(self.train_subset >= 0, "train_subset", "an integer >= 0")
+    check(self.image_size >= 0, "image_size", "an integer >= 0 (0: native size)")
+    check(list(self.lr_decay_epochs) == sorted(self.lr_decay_epochs), "lr_decay_epochs",
+          "increasing epochs")
+    divisor = self.batch_repetitions * num_replicas
+    if self.batch_size < divisor or self.batch_size % divisor:
+      raise ValueError(
+          f"--batch_size={self.batch_size} is not valid; expected a multiple of "
+          f"batch_repetitions x replicas = {self.batch_repetitions} x {num_replicas} = {divisor}.")
+    if self.dataset in ("folder", "tiny_imagenet"):
+      if not self.data_dir:
+        raise ValueError(f"--data_dir is required with --dataset={self.dataset}.")
+      if not os.path.isdir(self.data_dir):
+        raise ValueError(f"--data_dir={self.data_dir!r} is not an existing directory.")
+    if not self.output_dir:
+      raise ValueError("--output_dir is required.")
+    return self
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, values: dict) -> "Config":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in values.items() if k in fields}
+    if "lr_decay_epochs" in values:
+      values["lr_decay_epochs"] = tuple(int(e) for e in values["lr_decay_epochs"])
+    return cls(**values)
+
+  def as_flagfile(self) -> str:
+    """The configuration as absl `--name=value` lines: rerunnable with --flagfile."""
+    lines = []
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if isinstance(value, tuple):
+        value = ",".join(str(v) for v in value)
+      elif isinstance(value, bool):
+        value = str(value).lower()
+      lines.append(f"--{field.name}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def define_flags():
+  """Defines one absl flag per `Config` field (help texts below). Call once, from an entry point."""
+  from absl import flags
+  defaults = Config()
+  helps = {
+      "dataset": "Dataset: digits (embedded, offline), folder (class-folder images in "
+                 "--data_dir), cifar10 / cifar100 (TFDS), tiny_imagenet (released layout).",
+      "data_dir": "TFDS data_dir, or the root of a folder / Tiny ImageNet dataset.",
+      "image_size": "Resize images to this square size (0: the dataset's native size).",
+      "train_subset": "Train on the first N training examples only (0: all).",
+      "model": "Network: wide_resnet (CIFAR) or preact_resnet18 (64x64 inputs).",
+      "depth": "WRN depth, 6n + 4.",
+      "width": "WRN / PreActResNet width multiplier.",
+      "num_members": "M, the number of inputs, stems and heads (1: vanilla network).",
+      "mixing": "Mixing block: linear (Linear-MixMo), mimo (kappa = 1/M), cutmix (Cut-MixMo) "
+                "or another registered mask shape.",
+      "alpha": "Dirichlet / Beta concentration of kappa.",
+      "patch_probability": "p: probability of patch (vs linear) mixing per batch, before the "
+                           "decay over the last twelfth of training.",
+      "weight_root": "r of the loss re-weighting w_r (Eq. 3); 1 gives weights M * kappa.",
+      "batch_repetitions": "b: each unique example appears b times per step for every member.",
+      "input_repetition_probability": "MIMO input repetition: fraction of slots that feed the "
+                                      "same example to every member.",
+      "msda": "Pixel-level mixed sample data augmentation: none, mixup or cutmix.",
+      "msda_alpha": "MSDA lambda ~ Beta(msda_alpha, msda_alpha).",
+      "msda_probability": "Probability that an example is MSDA-mixed.",
+      "batch_size": "Global batch size, counted with repetitions.",
+      "epochs": "Passes over the unique training data.",
+      "base_learning_rate": "LR per 128 unique examples: lr0 = base * (batch_size / b) / 128.",
+      "lr_warmup_epochs": "Linear warmup length, in epochs of steps.",
+      "lr_decay_epochs": "1-based epochs from which the LR is multiplied by lr_decay_ratio.",
+      "lr_decay_ratio": "Multiplicative LR decay at each milestone.",
+      "l2": "Coefficient of sum(theta^2) over all trainable parameters, added to the loss.",
+      "seed": "Root of every random stream (init, data order, augmentation, masks).",
+      "max_steps": "Stop after this many steps (0: train all epochs).",
+      "ensemble": "Ensemble prediction: logits (softmax of the mean logit, as the paper) or "
+                  "probs (mean of member probabilities).",
+      "eval_frequency": "Evaluate on the test set every N epochs (and at the end).",
+      "checkpoint_frequency": "Checkpoint every N epochs (and at the end).",
+      "keep_checkpoints": "How many checkpoints to keep.",
+      "log_every_steps": "Progress line and train summaries every N steps.",
+      "output_dir": "Run directory: flags, checkpoints, TensorBoard, results, exported model.",
+      "overwrite": "Delete an existing run in output_dir instead of resuming it.",
+      "strategy": "tf.distribute strategy: mirrored (visible devices), multi_worker (TF_CONFIG) "
+                  "or tpu.",
+      "jit_compile": "XLA-compile the forward and backward pass.",
+      "precision": "float32, mixed_float16 (with loss scaling) or mixed_bfloat16.",
+      "tpu": "TPU address for --strategy=tpu ('' for a local TPU VM).",
+  }
+  for field in dataclasses.fields(Config):
+    name, default, help_text = field.name, getattr(defaults, field.name), helps[field.name]
+    if isinstance(default, bool):
+      flags.DEFINE_bool(name, default, help_text)
+    elif isinstance(default, int):
+      flags.DEFINE_integer(name, default, help_text)
+    elif isinstance(default, float):
+      flags.DEFINE_float(name, default, help_text)
+    elif isinstance(default, tuple):
+      flags.DEFINE_list(name, [str(v) for v in default], help_text)
+    else:
+      flags.DEFINE_string(name, default, help_text)
+
+
+def config_from_flags(flag_values) -> Config:
+  """Builds the frozen Config from parsed absl flag values."""
+  values = {f.name: flag_values[f.name].value for f in dataclasses.fields(Config)}
+  try:
+    values["lr_decay_epochs"] = tuple(int(e) for e in values["lr_decay_epochs"] if str(e).strip())
+  except ValueError:
+    raise ValueError(f"--lr_decay_epochs={','.join(values['lr_decay_epochs'])!r} is not valid; "
+                     "expected comma-separated integers.") from None
+  return Config(**values)

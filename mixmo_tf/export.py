@@ -1,0 +1,89 @@
+"""SavedModel export with a one-image-batch serving signature, and `python -m mixmo_tf.export`.
+
+The signature takes raw uint8 images [N, H, W, 3], normalises them, feeds the same batch to all M
+stems (one forward pass, Sec. 3.1) and returns {'probs': ensemble [N, K], 'member_probs': [N, M, K]}.
+The SavedModel needs only TensorFlow to load: no mixmo_tf, no Keras custom objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import tensorflow as tf
+
+
+class _ServingModule(tf.Module):
+
+  def __init__(self, model, mean, std, image_shape, ensemble):
+    super().__init__()
+    self.model = model
+    self._mean = tf.constant(mean, tf.float32)
+    self._std = tf.constant(std, tf.float32)
+    self._members = model.num_members
+    self._ensemble = ensemble
+    spec = tf.TensorSpec([None] + list(image_shape), tf.uint8, name="images")
+    self.serve = tf.function(self._serve, input_signature=[spec])
+
+  def _serve(self, images):
+    x = (tf.cast(images, tf.float32) / 255.0 - self._mean) / self._std
+    logits = tf.cast(self.model([x] * self._members, training=False), tf.float32)
+    member_probs = tf.nn.softmax(logits, axis=-1)
+    if self._ensemble == "logits":
+      probs = tf.nn.softmax(tf.reduce_mean(logits, axis=1), axis=-1)
+    else:
+      probs = tf.reduce_mean(member_probs, axis=1)
+    return {"probs": probs, "member_probs": member_probs}
+
+
+def export_saved_model(model, info, path: str, ensemble: str = "logits") -> str:
+  """Writes a SavedModel at `path` (atomically: a temporary folder renamed at the end)."""
+  module = _ServingModule(model, info.mean, info.std, info.image_shape, ensemble)
+  tmp = path.rstrip("/") + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+  if os.path.exists(path):
+    shutil.rmtree(path)
+  os.replace(tmp, path)
+  return path
+
+
+def save_data_info(info, path: str) -> None:
+  with open(path, "w") as f:
+    json.dump(dataclasses.asdict(info), f, indent=2)
+
+
+def load_data_info(path: str):
+  from mixmo_tf.data import DataInfo
+  with open(path) as f:
+    values = json.load(f)
+  for key in ("image_shape", "mean", "std", "class_names"):
+    values[key] = tuple(values[key])
+  return DataInfo(**values)
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  import keras
+  run_dir = flags.FLAGS.run_dir
+  export_dir = flags.FLAGS.export_dir or os.path.join(run_dir, "saved_model")
+  model_path = os.path.join(run_dir, "model.keras")
+  if not os.path.exists(model_path):
+    raise ValueError(f"--run_dir={run_dir!r} has no model.keras (train the run to the end first).")
+  import mixmo_tf  # noqa: F401  (registers the custom layers for safe-mode loading)
+  model = keras.models.load_model(model_path, safe_mode=True)
+  info = load_data_info(os.path.join(run_dir, "data_info.json"))
+  with open(os.path.join(run_dir, "config.json")) as f:
+    ensemble = json.load(f).get("ensemble", "logits")
+  print(export_saved_model(model, info, export_dir, ensemble))
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_string("run_dir", None, "A finished training run's output_dir.")
+  flags.DEFINE_string("export_dir", "", "Where to write the SavedModel (default run_dir/saved_model).")
+  flags.mark_flag_as_required("run_dir")
+  app.run(main)
