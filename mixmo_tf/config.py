@@ -162,9 +162,13 @@ class Config:
     return "\n".join(lines) + "\n"
 
 
-def define_flags():
-  """Defines one absl flag per `Config` field (help texts below). Call once, from an entry point."""
+def define_flags(flag_values=None):
+  """Defines one absl flag per `Config` field on `flag_values` (default: absl's global FLAGS).
+
+  Call once, from an entry point.
+  """
   from absl import flags
+  flag_values = flags.FLAGS if flag_values is None else flag_values
   defaults = Config()
   helps = {
       "dataset": "Dataset: digits (embedded, offline), folder (class-folder images in "
@@ -213,16 +217,17 @@ def define_flags():
   }
   for field in dataclasses.fields(Config):
     name, default, help_text = field.name, getattr(defaults, field.name), helps[field.name]
+    kw = dict(flag_values=flag_values)
     if isinstance(default, bool):
-      flags.DEFINE_bool(name, default, help_text)
+      flags.DEFINE_bool(name, default, help_text, **kw)
     elif isinstance(default, int):
-      flags.DEFINE_integer(name, default, help_text)
+      flags.DEFINE_integer(name, default, help_text, **kw)
     elif isinstance(default, float):
-      flags.DEFINE_float(name, default, help_text)
+      flags.DEFINE_float(name, default, help_text, **kw)
     elif isinstance(default, tuple):
-      flags.DEFINE_list(name, [str(v) for v in default], help_text)
+      flags.DEFINE_list(name, [str(v) for v in default], help_text, **kw)
     else:
-      flags.DEFINE_string(name, default, help_text)
+      flags.DEFINE_string(name, default, help_text, **kw)
 
 
 def config_from_flags(flag_values) -> Config:

@@ -43,6 +43,13 @@ def load(config) -> Tuple[tf.data.Dataset, tf.data.Dataset, DataInfo]:
   loaders = {"digits": _load_digits, "folder": _load_folder, "cifar10": _load_tfds,
              "cifar100": _load_tfds, "tiny_imagenet": _load_tiny_imagenet}
   train, test, info = loaders[config.dataset](config)
+  size = config.image_size
+  if size and info.image_shape[:2] != (size, size):
+    resize = lambda x, y: (tf.cast(tf.clip_by_value(tf.round(
+        tf.image.resize(x, [size, size])), 0, 255), tf.uint8), y)
+    train, test = train.map(resize), test.map(resize)
+    info = dataclasses.replace(info, image_shape=(size, size, 3),
+                               crop_padding=max(1, info.crop_padding * size // info.image_shape[0]))
   if config.train_subset and config.train_subset < info.num_train:
     train = train.take(config.train_subset)
     info = dataclasses.replace(info, num_train=config.train_subset)
@@ -160,13 +167,9 @@ def _load_tfds(config):
   num_classes = ds_info.features["label"].num_classes
   cast = lambda x, y: (tf.cast(x, tf.uint8), tf.cast(y, tf.int32))
   train, test = train.map(cast), test.map(cast)
-  size = config.image_size or 32
-  if size != 32:
-    resize = lambda x, y: (tf.cast(tf.round(tf.image.resize(x, [size, size])), tf.uint8), y)
-    train, test = train.map(resize), test.map(resize)
   num_train, num_test = _count(train, ds_info, "train"), _count(test, ds_info, "test")
-  info = DataInfo(config.dataset, num_classes, (size, size, 3), num_train, num_test, CIFAR_MEAN,
-                  CIFAR_STD, crop_padding=4 * size // 32, flip=True)
+  info = DataInfo(config.dataset, num_classes, (32, 32, 3), num_train, num_test, CIFAR_MEAN,
+                  CIFAR_STD, crop_padding=4, flip=True)
   return train, test, info
 
 

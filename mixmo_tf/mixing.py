@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable, Dict
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -85,6 +86,103 @@ def cutmix_box(seed, kappa0, height: int, width: int) -> tf.Tensor:
   in_rows = (rows >= u1[:, None]) & (rows < u2[:, None])  # [B, H]
   in_cols = (cols >= v1[:, None]) & (cols < v2[:, None])  # [B, W]
   return tf.cast(in_rows[:, :, None] & in_cols[:, None, :], tf.float32)
+
+
+def _concat_mask(seed, kappa0, length: int, other: int, axis: int):
+  """Ones on the first floor(kappa * S) cells of one axis, or (per example, probability 1/2) on
+  its last floor((1 - kappa) * S) cells (REFERENCE 3.3)."""
+  batch = tf.shape(kappa0)[0]
+  positions = tf.range(length, dtype=tf.float32)[None, :]
+  head = positions < tf.floor(kappa0 * length)[:, None]
+  tail = positions >= (length - tf.floor((1.0 - kappa0) * length))[:, None]
+  flip = tf.random.stateless_uniform([batch], seed) < 0.5
+  line = tf.cast(tf.where(flip[:, None], tail, head), tf.float32)  # [B, S]
+  line = line[:, :, None] if axis == 1 else line[:, None, :]
+  shape = [batch, length, other] if axis == 1 else [batch, other, length]
+  return tf.broadcast_to(line, shape)
+
+
+@register_patch_sampler("hconcat")
+def horizontal_concat(seed, kappa0, height: int, width: int) -> tf.Tensor:
+  """Horizontal concatenation (Table 2): split the H axis, top / bottom parts."""
+  return _concat_mask(seed, kappa0, height, width, axis=1)
+
+
+@register_patch_sampler("vconcat")
+def vertical_concat(seed, kappa0, height: int, width: int) -> tf.Tensor:
+  """Vertical concatenation (Table 2): split the W axis, left / right parts."""
+  return _concat_mask(seed, kappa0, width, height, axis=2)
+
+
+PATCHUP_BLOCK = 7
+
+
+@register_patch_sampler("patchup")
+def patchup_2d(seed, kappa0, height: int, width: int) -> tf.Tensor:
+  """PatchUp 2D, hard (Table 2): Bernoulli(gamma) block centres dilated by a 7x7 max-pool.
+
+  gamma = kappa * W^2 / (7^2 (W - 7 + 1)^2), the reference's DropBlock-style rate (REFERENCE 3.3);
+  the block shrinks to the grid on grids smaller than 7.
+  """
+  block = min(PATCHUP_BLOCK, height, width)
+  gamma = kappa0 * width**2 / (block**2 * (width - block + 1)**2)
+  batch = tf.shape(kappa0)[0]
+  centres = tf.random.stateless_uniform([batch, height, width], seed) < gamma[:, None, None]
+  blocks = tf.nn.max_pool2d(tf.cast(centres, tf.float32)[..., None], block, 1, "SAME")
+  return blocks[..., 0]
+
+
+COWMASK_SIGMA_RANGE = (4.0, 16.0)
+COWMASK_PROPORTION_RANGE = (0.2, 0.8)
+
+
+@register_patch_sampler("cowmask")
+def cow_mask(seed, kappa0, height: int, width: int) -> tf.Tensor:
+  """CowMask (Table 2; REFERENCE 3.3): thresholded Gaussian-blurred noise. kappa0 is ignored.
+
+  Proportion pi ~ U(0.2, 0.8), sigma log-uniform in [4, 16], a 97-tap separable Gaussian (each 1-D
+  factor normalised by sqrt(2 pi sigma^2)) over N(0, 1) noise with zero padding; ones where the
+  blurred noise <= mean + sqrt(2) erfinv(2 pi - 1) std.
+  """
+  batch = tf.shape(kappa0)[0]
+  seed_p, seed_s, seed_n = _split(seed, 3)
+  proportion = tf.random.stateless_uniform([batch], seed_p, *COWMASK_PROPORTION_RANGE)
+  log_lo, log_hi = tf.math.log(COWMASK_SIGMA_RANGE[0]), tf.math.log(COWMASK_SIGMA_RANGE[1])
+  sigma = tf.exp(tf.random.stateless_uniform([batch], seed_s, log_lo, log_hi))
+  radius = int(np.ceil(3 * COWMASK_SIGMA_RANGE[1]))  # 48 -> 97 taps
+  taps = tf.range(-radius, radius + 1, dtype=tf.float32)[:, None]  # [97, 1]
+  kernel = tf.exp(-0.5 * tf.square(taps / sigma)) / tf.sqrt(2 * np.pi * tf.square(sigma))  # [97, B]
+  noise = tf.random.stateless_normal([1, height, width, batch], seed_n)  # examples as channels
+  blurred = tf.nn.depthwise_conv2d(noise, kernel[:, None, :, None], [1, 1, 1, 1], "SAME")
+  blurred = tf.nn.depthwise_conv2d(blurred, kernel[None, :, :, None], [1, 1, 1, 1], "SAME")
+  blurred = tf.transpose(blurred[0], [2, 0, 1])  # [B, H, W]
+  mean, var = tf.nn.moments(blurred, axes=[1, 2])
+  threshold = mean + np.sqrt(2.0) * tf.math.erfinv(2 * proportion - 1) * tf.sqrt(var)
+  return tf.cast(blurred <= threshold[:, None, None], tf.float32)
+
+
+FMIX_DECAY_POWER = 3.0
+
+
+@register_patch_sampler("fmix")
+def fmix(seed, kappa0, height: int, width: int) -> tf.Tensor:
+  """FMix (Table 2): the top round(kappa * HW) cells of a low-pass Fourier-space random field.
+
+  Decay power 3, the FMix paper's default (the reference code has no FMix: REFERENCE 3.3).
+  """
+  batch = tf.shape(kappa0)[0]
+  fy = np.fft.fftfreq(height)[:, None]
+  fx = np.fft.fftfreq(width)[None, :]
+  freq = np.sqrt(fx**2 + fy**2)
+  scale = 1.0 / np.maximum(freq, 1.0 / max(height, width))**FMIX_DECAY_POWER
+  seed_re, seed_im = _split(seed, 2)
+  real = tf.random.stateless_normal([batch, height, width], seed_re) * scale
+  imag = tf.random.stateless_normal([batch, height, width], seed_im) * scale
+  field = tf.math.real(tf.signal.ifft2d(tf.complex(real, imag)))
+  flat = tf.reshape(field, [batch, height * width])
+  num_ones = tf.cast(tf.round(kappa0 * height * width), tf.int32)
+  ranks = tf.argsort(tf.argsort(flat, axis=1, direction="DESCENDING"), axis=1)
+  return tf.reshape(tf.cast(ranks < num_ones[:, None], tf.float32), [batch, height, width])
 
 
 def _linear_masks(kappa, height, width):

@@ -210,9 +210,13 @@ class Trainer:
     patch_p = schedules.patch_probability(epoch, c.epochs, c.patch_probability)
     inputs, targets, masks, kappa = self._inputs_and_targets(images, labels, partners, seed,
                                                              patch_p)
+    return self._apply_step(inputs, targets, masks, kappa)
+
+  def _apply_step(self, inputs, targets, masks, kappa):
+    """Forward, weighted loss, gradients and the optimizer update on one replica's batch."""
     loss, grads, correct = self._grad_fn(inputs, targets, masks, kappa)
     self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-    return loss, correct / tf.cast(c.batch_size, tf.float32)
+    return loss, correct / tf.cast(self.config.batch_size, tf.float32)
 
   def _train_step(self, batch, step, epoch):
     (images, labels), partners = batch if self.config.msda != "none" else (batch, ())

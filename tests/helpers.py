@@ -1,0 +1,14 @@
+"""Small shared helpers for the tests."""
+
+import dataclasses
+
+from mixmo_tf.config import Config
+
+
+def tiny_config(output_dir, **overrides) -> Config:
+  """A seconds-long digits run: WRN-10-1, M=2, Cut-MixMo, b=2."""
+  values = dict(dataset="digits", depth=10, width=1, num_members=2, mixing="cutmix",
+                batch_repetitions=2, batch_size=32, epochs=2, lr_decay_epochs=(2,), seed=7,
+                log_every_steps=1000, output_dir=str(output_dir))
+  values.update(overrides)
+  return dataclasses.replace(Config(), **values)

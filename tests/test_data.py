@@ -1,0 +1,85 @@
+"""Datasets, augmentation and batch repetition (REFERENCE 6, 9)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from mixmo_tf import data as data_lib
+from tests.helpers import tiny_config
+
+
+@pytest.mark.parametrize("members,reps", [(2, 2), (2, 4), (3, 1), (1, 2)])
+def test_each_example_appears_b_times_per_member(members, reps):
+  idx = data_lib.member_indices(16, members, reps, 0.0, tf.constant([3, 4])).numpy()
+  assert idx.shape == (members, 16 * reps)
+  for m in range(members):
+    np.testing.assert_array_equal(np.bincount(idx[m], minlength=16), np.full(16, reps))
+  if members > 1:
+    assert not np.array_equal(idx[0], idx[1])  # members see different pairings
+    pairs = {tuple(p) for p in idx[:2].T}
+    assert len(pairs) > 16 or reps == 1  # partners of an example vary across its copies
+
+
+def test_input_repetition_shares_leading_slots():
+  idx = data_lib.member_indices(16, 3, 4, 0.5, tf.constant([1, 2])).numpy()
+  assert np.all(idx[:, :32] == idx[:1, :32])
+  assert not np.array_equal(idx[1, 32:], idx[0, 32:])
+
+
+def test_random_crop_flip_is_a_shifted_window():
+  images = tf.constant(np.random.default_rng(0).integers(0, 256, (64, 8, 8, 3)), tf.uint8)
+  out = data_lib.random_crop_flip(images, tf.constant([0, 1]), padding=2, flip=True).numpy()
+  src = images.numpy() / 255.0
+  padded = np.pad(src, [(0, 0), (2, 2), (2, 2), (0, 0)])
+  for i in range(64):
+    matches = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (0, 1)
+               if np.allclose((padded[i, dy:dy + 8, dx:dx + 8] if not f else
+                               padded[i, dy:dy + 8, dx:dx + 8][:, ::-1]), out[i])]
+    assert matches, i
+  same = data_lib.random_crop_flip(images, tf.constant([0, 1]), padding=2, flip=True)
+  np.testing.assert_array_equal(out, same)
+
+
+def test_digits_split_is_fixed_and_disjoint(tmp_path):
+  train, test, info = data_lib.load(tiny_config(tmp_path))
+  assert (info.num_train, info.num_test, info.num_classes) == (1438, 359, 10)
+  x, y = next(iter(train.batch(2000)))
+  assert x.shape == (1438, 8, 8, 3) and x.dtype == tf.uint8
+  xt, _ = next(iter(test.batch(2000)))
+  train_set = {a.tobytes() for a in x.numpy()}
+  assert sum(a.tobytes() in train_set for a in xt.numpy()) < 10  # digits has a few duplicates
+
+
+def test_epoch_order_is_seeded_and_resumable(tmp_path):
+  train, _, info = data_lib.load(tiny_config(tmp_path))
+  full = [y.numpy() for _, y in data_lib.train_batches(train, info, 16, 3, epoch=1)]
+  again = [y.numpy() for _, y in data_lib.train_batches(train, info, 16, 3, epoch=1)]
+  other = [y.numpy() for _, y in data_lib.train_batches(train, info, 16, 3, epoch=2)]
+  skipped = [y.numpy() for _, y in data_lib.train_batches(train, info, 16, 3, 1, skip_batches=5)]
+  np.testing.assert_array_equal(np.concatenate(full), np.concatenate(again))
+  assert not np.array_equal(np.concatenate(full), np.concatenate(other))
+  np.testing.assert_array_equal(np.concatenate(full[5:]), np.concatenate(skipped))
+  assert len(full) == 1438 // 16
+
+
+def _write_tree(root, classes, per_class=3, size=8, mode="RGB"):
+  rng = np.random.default_rng(0)
+  for split in ("train", "test"):
+    for c in classes:
+      d = root / split / c
+      d.mkdir(parents=True, exist_ok=True)
+      for i in range(per_class):
+        arr = rng.integers(0, 256, (size, size, len(mode)) if mode != "L" else (size, size))
+        Image.fromarray(arr.astype(np.uint8), mode).save(d / f"{i}.png")
+
+
+def test_folder_dataset_labels_by_sorted_class(tmp_path):
+  _write_tree(tmp_path, ["zebra", "ant", "moth"])
+  train, test, info = data_lib.load(tiny_config(tmp_path, dataset="folder", data_dir=str(tmp_path)))
+  assert info.class_names == ("ant", "moth", "zebra")
+  assert info.image_shape == (8, 8, 3) and info.num_train == 9
+  x, y = next(iter(train.batch(100)))
+  np.testing.assert_array_equal(y.numpy(), [0, 0, 0, 1, 1, 1, 2, 2, 2])
+  expected = np.asarray(Image.open(tmp_path / "train" / "ant" / "0.png"))
+  np.testing.assert_array_equal(x[0].numpy(), expected)

@@ -1,0 +1,59 @@
+"""Every flagfile in flags/ parses, holds the reference's settings, and trains two steps."""
+
+import dataclasses
+import importlib.util
+import pathlib
+
+import pytest
+from absl import flags as absl_flags
+
+from mixmo_tf import train
+from mixmo_tf.config import config_from_flags, define_flags
+from tests.conftest import REPO
+
+FLAGFILES = sorted((REPO / "flags").rglob("*.flags"))
+
+
+def parse(path, *extra):
+  values = absl_flags.FlagValues()
+  define_flags(values)
+  values(["prog", f"--flagfile={path}", *extra])
+  return config_from_flags(values)
+
+
+def test_generated_flagfiles_are_committed_and_current():
+  spec = importlib.util.spec_from_file_location("generate", REPO / "flags" / "generate.py")
+  generate = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(generate)
+  expected = {pathlib.Path(p): generate.render(p, s) for p, s in generate.rows()}
+  for rel, text in expected.items():
+    assert (REPO / "flags" / rel).read_text() == text, rel
+  assert len(expected) == 56 and len(FLAGFILES) == 57  # + quickstart.flags
+
+
+def test_paper_rows_hold_reference_settings():
+  c = parse(REPO / "flags/cifar100/wrn2810-2_cutmixmo-p5_msdacutmix_bar4.flags")
+  assert (c.depth, c.width, c.num_members, c.batch_repetitions, c.batch_size) == (28, 10, 2, 4, 64)
+  assert (c.mixing, c.msda, c.alpha, c.weight_root, c.patch_probability) == ("cutmix", "cutmix",
+                                                                           2.0, 3.0, 0.5)
+  assert c.base_lr == pytest.approx(0.0125) and c.lr_decay_epochs == (101, 201, 226)
+  assert c.epochs == 300 and c.l2 == 3e-4
+  mimo = parse(REPO / "flags/cifar10/wrn2810-2_mimo_standard_bar2.flags")
+  assert (mimo.mixing, mimo.weight_root, mimo.base_lr) == ("mimo", 1.0, pytest.approx(0.025))
+  tiny = parse(REPO / "flags/tinyimagenet/res183-2_cutmixmo-p5_standard_bar4.flags")
+  assert (tiny.model, tiny.width, tiny.batch_size, tiny.epochs) == ("preact_resnet18", 3, 100, 1200)
+  assert tiny.base_lr == pytest.approx(0.05) and tiny.lr_decay_epochs == (600, 900)
+  vanilla = parse(REPO / "flags/cifar100/wrn2810_1net_standard_bar1.flags")
+  assert vanilla.base_lr == pytest.approx(0.05) and vanilla.num_members == 1
+
+
+@pytest.mark.parametrize("path", FLAGFILES, ids=lambda p: str(p.relative_to(REPO / "flags")))
+def test_flagfile_trains_two_steps(path, tmp_path):
+  """Only the size changes: dataset, depth/width, image size; everything else as written."""
+  config = parse(path, "--dataset=digits", "--depth=10", "--width=1", "--max_steps=2",
+                 f"--output_dir={tmp_path}")
+  if config.model == "preact_resnet18":
+    config = dataclasses.replace(config, image_size=16)
+  trainer = train.Trainer(config)
+  trainer.train_epoch(0, 0, [])
+  assert trainer.global_step == 2
