@@ -52,6 +52,17 @@ def rows():
         yield (f"cifar100/table2/wrn2810-2_{shape}mixmo-p5_standard_bar2.flags",
                dict(CIFAR, dataset=dataset, num_members=2, mixing=shape, msda="none",
                     batch_repetitions=2))
+  # Table 4: CIFAR-100-c, WRN-28-10, b = 4 (vanilla b = 1; DE = 2 vanilla runs through
+  # baselines/ensemble.py), with and without AugMix; CIFAR-100-C evaluated at the end.
+  for method in ("1net_standard", "2_mimo_standard", "2_linearmixmo_standard",
+                 "2_cutmixmo-p5_standard"):
+    b = 1 if method.startswith("1net") else 4
+    for augmix in (False, True):
+      name = f"wrn2810{'_' if b == 1 else '-'}{method}{'_augmix' if augmix else ''}_bar{b}"
+      settings = {k: v for k, v in METHODS[method].items() if k != "batch_repetitions"}
+      yield f"cifar100/table4/{name}.flags", dict(
+          CIFAR, dataset="cifar100", batch_repetitions=b, augmix=str(augmix).lower(),
+          corruptions="cifar100_c", corruptions_dir="/path/to/CIFAR-100-C", **settings)
   for width in (1, 2, 3):
     net = "res18" if width == 1 else f"res18{width}"
     for method in ("1net_standard", "1net_msdamixup", "1net_msdacutmix",

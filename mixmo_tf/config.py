@@ -20,6 +20,7 @@ MSDA = ("none", "mixup", "cutmix")
 ENSEMBLE = ("logits", "probs")
 STRATEGIES = ("mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+CORRUPTIONS = ("none", "cifar10_c", "cifar100_c")
 
 # Flags that fix the model or the data: resuming an output_dir with other values is an error.
 ARCHITECTURE_KEYS = ("dataset", "model", "depth", "width", "num_members", "image_size",
@@ -49,6 +50,10 @@ class Config:
   msda: str = "none"
   msda_alpha: float = 1.0
   msda_probability: float = 0.5
+  augmix: bool = False
+  augmix_width: int = 3
+  augmix_depth: int = 4
+  augmix_severity: int = 3
   # Optimisation (REFERENCE 7): lr0 = base_learning_rate * (batch_size / b) / 128.
   batch_size: int = 64  # Global, counted with repetitions.
   epochs: int = 300
@@ -61,6 +66,8 @@ class Config:
   max_steps: int = 0  # 0: run all epochs; N: stop after N steps (smoke tests).
   # Evaluation and outputs.
   ensemble: str = "logits"
+  corruptions: str = "none"  # Robustness test set evaluated at the end: none, cifar10_c, cifar100_c.
+  corruptions_dir: str = ""  # cifar100_c: the released .npy folder; cifar10_c: a TFDS data_dir.
   eval_frequency: int = 1
   checkpoint_frequency: int = 1
   keep_checkpoints: int = 3
@@ -96,6 +103,10 @@ class Config:
     choice("ensemble", ENSEMBLE)
     choice("strategy", STRATEGIES)
     choice("precision", PRECISIONS)
+    choice("corruptions", CORRUPTIONS)
+    if self.corruptions == "cifar100_c" and not os.path.isdir(self.corruptions_dir):
+      raise ValueError(f"--corruptions_dir={self.corruptions_dir!r} is not an existing directory "
+                       "(needed by --corruptions=cifar100_c: the released CIFAR-100-C .npy files).")
 
     def check(ok, name, allowed):
       if not ok:
@@ -109,6 +120,9 @@ class Config:
     check(0 <= self.msda_probability <= 1, "msda_probability", "a value in [0, 1]")
     check(0 <= self.input_repetition_probability <= 1, "input_repetition_probability",
           "a value in [0, 1]")
+    check(self.augmix_width >= 1, "augmix_width", "an integer >= 1")
+    check(self.augmix_depth >= 1, "augmix_depth", "an integer >= 1")
+    check(0 <= self.augmix_severity <= 30, "augmix_severity", "an integer in [0, 30]")
     check(self.batch_repetitions >= 1, "batch_repetitions", "an integer >= 1")
     check(self.width >= 1, "width", "an integer >= 1")
     if self.model == "wide_resnet":
@@ -192,6 +206,10 @@ def define_flags(flag_values=None):
       "msda": "Pixel-level mixed sample data augmentation: none, mixup or cutmix.",
       "msda_alpha": "MSDA lambda ~ Beta(msda_alpha, msda_alpha).",
       "msda_probability": "Probability that an example is MSDA-mixed.",
+      "augmix": "AugMix each training image (before MSDA and mixing; REFERENCE 9).",
+      "augmix_width": "AugMix chains.",
+      "augmix_depth": "Maximum AugMix chain depth (uniform in 1..depth).",
+      "augmix_severity": "AugMix severity (3: 10% of each op's range).",
       "batch_size": "Global batch size, counted with repetitions.",
       "epochs": "Passes over the unique training data.",
       "base_learning_rate": "LR per 128 unique examples: lr0 = base * (batch_size / b) / 128.",
@@ -203,6 +221,9 @@ def define_flags(flag_values=None):
       "max_steps": "Stop after this many steps (0: train all epochs).",
       "ensemble": "Ensemble prediction: logits (softmax of the mean logit, as the paper) or "
                   "probs (mean of member probabilities).",
+      "corruptions": "At the end, also evaluate on corrupted test sets (REFERENCE 10.4): none, "
+                     "cifar10_c (TFDS cifar10_corrupted) or cifar100_c (released .npy files).",
+      "corruptions_dir": "CIFAR-100-C .npy folder, or the TFDS data_dir for cifar10_c.",
       "eval_frequency": "Evaluate on the test set every N epochs (and at the end).",
       "checkpoint_frequency": "Checkpoint every N epochs (and at the end).",
       "keep_checkpoints": "How many checkpoints to keep.",

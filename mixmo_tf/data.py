@@ -129,8 +129,38 @@ def decode_images(paths: Sequence[str], labels: Sequence[int], image_size: int) 
   return ds.map(read, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
+def decode_folder(paths: Sequence[str], labels: Sequence[int], image_size: int,
+                  chunk: int = 1024) -> tf.data.Dataset:
+  """Decodes every image once, up front, into memory; a bad file fails here, named.
+
+  tf.data decode errors do not say which file failed; decoding in chunks lets the loader find the
+  culprit in the failing chunk and raise a ValueError naming it (grayscale and RGBA are converted
+  to RGB, other sizes resized).
+  """
+  images, done = [], 0
+  iterator = iter(decode_images(paths, labels, image_size).batch(chunk))
+  while done < len(paths):
+    try:
+      batch, _ = next(iterator)
+    except tf.errors.InvalidArgumentError as error:
+      for path in paths[done:done + chunk]:
+        try:
+          tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as file_error:
+          raise ValueError(f"Cannot decode image {path}: {file_error.message}") from None
+      raise ValueError(f"Cannot decode an image among {paths[done:done + chunk][:3]}...: "
+                       f"{error.message}") from None
+    images.append(batch.numpy())
+    done += len(batch)
+  return tf.data.Dataset.from_tensor_slices((np.concatenate(images),
+                                             np.asarray(labels, np.int32)))
+
+
 def _probe_size(path):
-  image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+  try:
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+  except tf.errors.InvalidArgumentError as error:
+    raise ValueError(f"Cannot decode image {path}: {error.message}") from None
   return int(image.shape[0])
 
 
@@ -151,8 +181,8 @@ def _load_folder(config):
   info = DataInfo("folder", len(classes), (size, size, 3), len(train_paths), len(test_paths),
                   CIFAR_MEAN, CIFAR_STD, crop_padding=4 * size // 32, flip=True,
                   class_names=tuple(classes))
-  return (decode_images(train_paths, train_labels, size),
-          decode_images(test_paths, test_labels, size), info)
+  return (decode_folder(train_paths, train_labels, size),
+          decode_folder(test_paths, test_labels, size), info)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +212,8 @@ def _count(ds, ds_info, split):
 
 
 def _load_tiny_imagenet(config):
-  raise NotImplementedError("--dataset=tiny_imagenet is not implemented yet.")
+  from mixmo_tf.tiny_imagenet import load_tiny_imagenet
+  return load_tiny_imagenet(config.data_dir, config.train_subset)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,21 +226,42 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def train_batches(train: tf.data.Dataset, info: DataInfo, unique_batch_size: int, seed: int,
-                  epoch: int, skip_batches: int = 0, partner_batch_size: int = 0) -> tf.data.Dataset:
+                  epoch: int, skip_batches: int = 0, partner_batch_size: int = 0,
+                  augmix=None) -> tf.data.Dataset:
   """One epoch of shuffled batches of B/b unique raw examples (incomplete last batch dropped).
 
   With `partner_batch_size`, each element also carries that many MSDA partners drawn from the
   whole training set by an independent shuffle (REFERENCE 12.14): ((x, y), (x_partner, y_partner)).
+  `augmix`: optional (width, depth, severity); AugMix runs here, once per unique example with a
+  seed from (seed, epoch, position), so the b copies of an example share its draws (REFERENCE 9)
+  and yield float [0, 1] images.
   """
   ds = train.shuffle(info.num_train, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+  if augmix:
+    ds = ds.enumerate().map(_augmix_fn(seed, epoch, *augmix), num_parallel_calls=AUTOTUNE,
+                            deterministic=True)
   ds = ds.batch(unique_batch_size, drop_remainder=True)
   if partner_batch_size:
     partners = train.shuffle(info.num_train, seed=epoch_seed(seed + 1, epoch),
                              reshuffle_each_iteration=True).repeat()
+    if augmix:
+      partners = partners.enumerate().map(_augmix_fn(seed + 1, epoch, *augmix),
+                                          num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = tf.data.Dataset.zip(ds, partners.batch(partner_batch_size, drop_remainder=True))
   if skip_batches:
     ds = ds.skip(skip_batches)
   return ds.prefetch(AUTOTUNE)
+
+
+def _augmix_fn(seed, epoch, width, depth, severity):
+  from mixmo_tf.augmix import augmix
+  base = tf.constant([epoch_seed(seed, epoch), 0xA06], tf.int64)
+
+  def apply(index, example):
+    image, label = example
+    example_seed = tf.random.experimental.stateless_fold_in(base, index)
+    return augmix(image, example_seed, width, depth, severity), label
+  return apply
 
 
 def steps_per_epoch(info: DataInfo, unique_batch_size: int) -> int:

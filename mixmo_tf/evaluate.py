@@ -69,12 +69,15 @@ def load_predictor(path: str):
   import keras
   import mixmo_tf  # noqa: F401  (registers the custom layers for safe-mode loading)
   from mixmo_tf.export import load_data_info
-  run_dir = path if os.path.isdir(path) else os.path.dirname(path)
+  is_saved_model = os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb"))
+  # A run directory holds config.json and data_info.json; a model file or SavedModel sits in one.
+  run_dir = path if os.path.isdir(path) and not is_saved_model else os.path.dirname(
+      os.path.normpath(path))
   info_path = os.path.join(run_dir, "data_info.json")
   info = load_data_info(info_path) if os.path.exists(info_path) else None
   config_path = os.path.join(run_dir, "config.json")
   config = json.load(open(config_path)) if os.path.exists(config_path) else None
-  if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
+  if is_saved_model:
     return Predictor.from_saved_model(path), info, config
   if path.endswith(".keras"):
     model = keras.models.load_model(path, safe_mode=True)
@@ -102,6 +105,18 @@ def _model_from_checkpoint(run_dir, config, info):
   return model
 
 
+def corruption_results(predictor, kind: str, directory: str = "", mode: str = "logits") -> Dict:
+  """Top-1 / Top-5 / uncalibrated NLL pooled over every corruption and severity (REFERENCE 10.4)."""
+  from mixmo_tf import corruptions
+  if kind == "cifar10_c":
+    datasets = corruptions.cifar10_c_datasets(directory or None)
+  elif kind == "cifar100_c":
+    datasets = corruptions.cifar100_c_datasets(directory)
+  else:
+    raise ValueError(f"corruptions must be cifar10_c or cifar100_c, got {kind!r}.")
+  return corruptions.evaluate_corruptions(predictor, datasets, mode)
+
+
 def markdown_row(name: str, results: Dict) -> str:
   """One Markdown table row in the layout of Table 1 (percentages for accuracies and ECE)."""
   cells = [name]
@@ -118,14 +133,21 @@ def markdown_table(rows: Dict[str, Dict]) -> str:
 
 
 def evaluate_path(path: str, output_dir: Optional[str] = None, ensemble: Optional[str] = None,
-                  plots: bool = False, data_dir: Optional[str] = None) -> Dict:
-  """Evaluates a model on its run's test set; writes metrics.json and metrics_row.md."""
+                  plots: bool = False, data_dir: Optional[str] = None,
+                  corruptions: Optional[str] = None, corruptions_dir: Optional[str] = None) -> Dict:
+  """Evaluates a model on its run's test set; writes metrics.json and metrics_row.md.
+
+  `corruptions` ('cifar10_c' / 'cifar100_c', default: the run's --corruptions) adds the pooled
+  corruption metrics.
+  """
   from mixmo_tf.config import Config
   predictor, info, config = load_predictor(path)
   if config is None:
     raise ValueError(f"No config.json beside {path!r}: cannot tell which test set to use.")
   if data_dir:
     config = dict(config, data_dir=data_dir)
+  if corruptions:
+    config = dict(config, corruptions=corruptions, corruptions_dir=corruptions_dir or "")
   cfg = Config.from_dict(config)
   _, test, data_info = data_lib.load(cfg)
   logits, labels = predict_dataset(predictor, test)
@@ -138,6 +160,9 @@ def evaluate_path(path: str, output_dir: Optional[str] = None, ensemble: Optiona
   name = os.path.basename(os.path.normpath(path if os.path.isdir(path) else os.path.dirname(path)))
   with open(os.path.join(out, "metrics_row.md"), "w") as f:
     f.write(markdown_table({name: results}))
+  if cfg.corruptions != "none":
+    results["corruptions"] = corruption_results(predictor, cfg.corruptions, cfg.corruptions_dir,
+                                                mode)
   if plots:
     from mixmo_tf import plots as plots_lib
     plots_lib.write_all(out, logits, labels, mode, predictor.model)
@@ -152,7 +177,8 @@ def main(argv):
   values = flags.FLAGS
   for path in paths:
     results = evaluate_path(path, values.output_dir or None, values.ensemble or None,
-                            values.plots, values.data_dir or None)
+                            values.plots, values.data_dir or None, values.corruptions or None,
+                            values.corruptions_dir or None)
     print(markdown_row(os.path.basename(os.path.normpath(path)), results))
 
 
@@ -162,4 +188,32 @@ if __name__ == "__main__":
   flags.DEFINE_enum("ensemble", "", ["", "logits", "probs"], "Override the run's ensemble mode.")
   flags.DEFINE_bool("plots", False, "Write PNG plots (reliability, stem filters, active filters).")
   flags.DEFINE_string("data_dir", "", "Override the run's data_dir (e.g. on another machine).")
+  flags.DEFINE_enum("corruptions", "", ["", "none", "cifar10_c", "cifar100_c"],
+                    "Also evaluate on corrupted test sets (default: the run's --corruptions).")
+  flags.DEFINE_string("corruptions_dir", "", "CIFAR-100-C .npy folder or TFDS data_dir.")
   app.run(main)
+
+
+def ensemble_runs(run_dirs, combine: str = "logits", data_dir: Optional[str] = None) -> Dict:
+  """Evaluates the average of N trained runs (deep ensembles; N-ensembles of MixMo, Sec. 4.6).
+
+  All N x M member logits are pooled and combined like one run's members: the softmax of their mean
+  logit ('logits', REFERENCE 11's natural choice) or their mean probability ('probs', as
+  uncertainty-baselines' deep ensembles). Runs must share the test set.
+  """
+  from mixmo_tf.config import Config
+  all_logits, labels, per_run = [], None, {}
+  for run_dir in run_dirs:
+    predictor, _, config = load_predictor(run_dir)
+    cfg = Config.from_dict(dict(config, data_dir=data_dir) if data_dir else config)
+    _, test, _ = data_lib.load(cfg)
+    logits, run_labels = predict_dataset(predictor, test)
+    if labels is not None and not np.array_equal(labels, run_labels):
+      raise ValueError(f"{run_dir} was evaluated on another test set than {run_dirs[0]}.")
+    labels = run_labels
+    all_logits.append(logits)
+    per_run[os.path.basename(os.path.normpath(run_dir))] = metrics.evaluate_logits(
+        logits, labels, combine)
+  results = metrics.evaluate_logits(np.concatenate(all_logits, axis=1), labels, combine)
+  results["num_runs"] = len(run_dirs)
+  return {"ensemble": results, "runs": per_run}

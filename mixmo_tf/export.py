@@ -19,17 +19,28 @@ class _ServingModule(tf.Module):
 
   def __init__(self, model, mean, std, image_shape, ensemble):
     super().__init__()
-    self.model = model
+    self.model = model.folded()  # One stem instead of M: the same function, exactly (Sec. 3.1).
     self._mean = tf.constant(mean, tf.float32)
     self._std = tf.constant(std, tf.float32)
     self._members = model.num_members
     self._ensemble = ensemble
+    self._image_shape = tuple(image_shape)
     spec = tf.TensorSpec([None] + list(image_shape), tf.uint8, name="images")
     self.serve = tf.function(self._serve, input_signature=[spec])
 
   def _serve(self, images):
+    # Signatures do not enforce static dimensions: check rank and size with a clear message.
+    expected = "uint8 images of shape [N, %d, %d, %d]" % self._image_shape
+    shape = tf.shape(images)
+    rank_ok = tf.debugging.assert_equal(tf.size(shape), 4, message=f"expected {expected}")
+    with tf.control_dependencies([rank_ok]):  # before any op that needs rank 4
+      size_ok = tf.debugging.assert_equal(
+          tf.concat([shape, [0, 0, 0, 0]], 0)[1:4], tf.constant(self._image_shape, tf.int32),
+          message=f"expected {expected}")
+    with tf.control_dependencies([size_ok]):
+      images = tf.identity(images)
     x = (tf.cast(images, tf.float32) / 255.0 - self._mean) / self._std
-    logits = tf.cast(self.model([x] * self._members, training=False), tf.float32)
+    logits = tf.cast(self.model([x], training=False), tf.float32)
     member_probs = tf.nn.softmax(logits, axis=-1)
     if self._ensemble == "logits":
       probs = tf.nn.softmax(tf.reduce_mean(logits, axis=1), axis=-1)

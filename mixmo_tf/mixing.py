@@ -255,11 +255,15 @@ class MixingLayer(keras.layers.Layer):
   """
 
   def call(self, features, masks=None):
-    stacked = keras.ops.stack(list(features), axis=1)  # [B, M, H, W, C]
+    features = list(features)
     if masks is None:
-      return keras.ops.sum(stacked, axis=1)
-    masks = keras.ops.cast(masks, stacked.dtype)
-    return len(features) * keras.ops.sum(masks * stacked, axis=1)
+      return sum(features[1:], features[0])
+    masks = keras.ops.cast(masks, features[0].dtype)
+    # A running sum, not a stacked [B, M, H, W, C] tensor: no extra copy in the hot path.
+    mixed = masks[:, 0] * features[0]
+    for i in range(1, len(features)):
+      mixed = mixed + masks[:, i] * features[i]
+    return len(features) * mixed
 
   def compute_output_shape(self, features_shape, masks_shape=None):
     return features_shape[0]

@@ -104,6 +104,8 @@ class Trainer:
     self.chief = is_chief(self.strategy)
     if self.chief:
       prepare_output_dir(config)
+    else:
+      os.makedirs(config.output_dir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_dtype_policy(config.precision)
 
@@ -128,12 +130,14 @@ class Trainer:
         self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
       self.optimizer.build(self.model.trainable_variables)
       self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
-    ckpt_dir = os.path.join(config.output_dir, "checkpoints")
-    if not self.chief:  # Non-chief workers write throw-away copies (tf.distribute convention).
-      ckpt_dir = os.path.join(config.output_dir, "tmp_worker_checkpoints",
-                              str(self.strategy.cluster_resolver.task_id))
-    self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir,
+    # Every worker restores from the chief's directory; only the chief keeps what it writes.
+    # Other workers must take part in the (collective) save, so they write throw-away copies.
+    self.checkpoint_dir = os.path.join(config.output_dir, "checkpoints")
+    save_dir = self.checkpoint_dir if self.chief else os.path.join(
+        config.output_dir, f"tmp_worker_{self.strategy.cluster_resolver.task_id}")
+    self.manager = tf.train.CheckpointManager(self.checkpoint, save_dir,
                                               max_to_keep=config.keep_checkpoints)
+    self.loss_history = []
     self._seed = tf.constant([config.seed, 0x5EED], tf.int32)
     self._grad_fn = tf.function(self._loss_and_grads, jit_compile=True) if config.jit_compile \
         else self._loss_and_grads
@@ -249,7 +253,7 @@ class Trainer:
 
   def restore(self) -> int:
     """Restores the latest complete checkpoint, if any; returns the global step."""
-    latest = self.manager.latest_checkpoint
+    latest = tf.train.latest_checkpoint(self.checkpoint_dir)
     if latest:
       self.checkpoint.restore(latest).assert_existing_objects_matched()
       logging.info("Resumed from %s at step %d.", latest, self.global_step)
@@ -257,16 +261,34 @@ class Trainer:
 
   def _save(self) -> str:
     path = self.manager.save(checkpoint_number=self.global_step)
+    if not self.chief:
+      shutil.rmtree(self.manager.directory, ignore_errors=True)
     return path
+
+  def weights_fingerprint(self) -> str:
+    """SHA-256 of the trainable weights, which every replica and worker must share.
+
+    (BN moving statistics are per replica, as batch statistics are, and are left out.)
+    """
+    import hashlib
+    digest = hashlib.sha256()
+    for weight in self.model.trainable_weights:
+      digest.update(np.ascontiguousarray(weight.numpy(), np.float32).tobytes())
+    return digest.hexdigest()[:16]
 
   def train_epoch(self, epoch: int, start_step: int, history: list) -> bool:
     """Trains the 0-based `epoch` from `start_step`; returns False when max_steps stopped it."""
     c = self.config
     skip = start_step - epoch * self.steps_per_epoch
     partner_batch = c.batch_size * c.num_members if c.msda != "none" else 0
+    augmix = (c.augmix_width, c.augmix_depth, c.augmix_severity) if c.augmix else None
     ds = data_lib.train_batches(self.train_data, self.info, c.unique_batch_size, c.seed, epoch,
-                                skip_batches=skip, partner_batch_size=partner_batch)
-    dist = self.strategy.experimental_distribute_dataset(ds)
+                                skip_batches=skip, partner_batch_size=partner_batch,
+                                augmix=augmix)
+    options = tf.data.Options()
+    # In-memory data: shard by element across workers (each keeps its part of every batch).
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    dist = self.strategy.experimental_distribute_dataset(ds.with_options(options))
     epoch_t = tf.constant(epoch + 1, tf.int64)
     step = start_step
     window, t0 = [], time.time()
@@ -285,12 +307,14 @@ class Trainer:
 
   def _log_window(self, window, seconds, epoch):
     losses_ = np.array([float(l) for _, l, _ in window])
+    self.loss_history.extend(losses_.tolist())
     bad = np.flatnonzero(~np.isfinite(losses_))
     if bad.size:
       step = window[bad[0]][0] + 1
       raise NonFiniteLossError(
           f"Loss became {losses_[bad[0]]} at step {step} (epoch {epoch + 1}); training stopped. "
-          f"The last good checkpoint is kept intact: {self.manager.latest_checkpoint}.")
+          f"The last good checkpoint is kept intact: "
+          f"{tf.train.latest_checkpoint(self.checkpoint_dir)}.")
     step = window[-1][0] + 1
     loss, acc = float(losses_.mean()), float(np.mean([float(a) for _, _, a in window]))
     rate = len(window) / max(seconds, 1e-9)
@@ -353,14 +377,23 @@ class Trainer:
       if not running:
         break
     results = self.evaluate()
+    if c.corruptions != "none":
+      from mixmo_tf import evaluate
+      results["corruptions"] = evaluate.corruption_results(
+          evaluate.Predictor.from_keras(self.model, self.info), c.corruptions, c.corruptions_dir,
+          c.ensemble)
     results.update(train_seconds=train_time,
                    train_images_per_second=train_images / train_time if train_time else None,
                    global_step=self.global_step, epochs_completed=self.global_step /
                    self.steps_per_epoch, test_top1_per_epoch=[
                        (h["epoch"], h["top1"]) for h in history if "top1" in h])
+    results["weights_fingerprint"] = self.weights_fingerprint()
+    logging.info("Weights fingerprint %s at step %d.", results["weights_fingerprint"],
+                 self.global_step)
     if self.chief:
       write_json_atomic(os.path.join(c.output_dir, "results.json"), results)
       self.model.save(os.path.join(c.output_dir, "model.keras"))
+      self.model.folded().save(os.path.join(c.output_dir, "model_folded.keras"))
       export.export_saved_model(self.model, self.info, os.path.join(c.output_dir, "saved_model"),
                                 ensemble=c.ensemble)
     self.writer.flush()
@@ -381,6 +414,11 @@ def main(argv):
   results = run(config)
   logging.info("Final test metrics: %s", json.dumps(
       {k: v for k, v in results.items() if isinstance(v, (int, float))}, sort_keys=True))
+  if config.strategy == "multi_worker":
+    # MultiWorkerMirroredStrategy processes linger for seconds at exit (PLATFORM_NOTES); all
+    # files are written and closed by now.
+    logging.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

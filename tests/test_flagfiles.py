@@ -28,7 +28,7 @@ def test_generated_flagfiles_are_committed_and_current():
   expected = {pathlib.Path(p): generate.render(p, s) for p, s in generate.rows()}
   for rel, text in expected.items():
     assert (REPO / "flags" / rel).read_text() == text, rel
-  assert len(expected) == 56 and len(FLAGFILES) == 57  # + quickstart.flags
+  assert len(expected) == 64 and len(FLAGFILES) == 65  # + quickstart.flags
 
 
 def test_paper_rows_hold_reference_settings():
@@ -43,15 +43,20 @@ def test_paper_rows_hold_reference_settings():
   tiny = parse(REPO / "flags/tinyimagenet/res183-2_cutmixmo-p5_standard_bar4.flags")
   assert (tiny.model, tiny.width, tiny.batch_size, tiny.epochs) == ("preact_resnet18", 3, 100, 1200)
   assert tiny.base_lr == pytest.approx(0.05) and tiny.lr_decay_epochs == (600, 900)
+  table4 = parse(REPO / "flags/cifar100/table4/wrn2810-2_cutmixmo-p5_standard_augmix_bar4.flags")
+  assert table4.augmix and table4.corruptions == "cifar100_c" and table4.batch_repetitions == 4
   vanilla = parse(REPO / "flags/cifar100/wrn2810_1net_standard_bar1.flags")
   assert vanilla.base_lr == pytest.approx(0.05) and vanilla.num_members == 1
 
 
 @pytest.mark.parametrize("path", FLAGFILES, ids=lambda p: str(p.relative_to(REPO / "flags")))
 def test_flagfile_trains_two_steps(path, tmp_path):
-  """Only the size changes: dataset, depth/width, image size; everything else as written."""
+  """Only the size changes: dataset, depth/width, image size; everything else as written.
+
+  (Table 4 rows also point at a CIFAR-100-C folder, switched off here like the dataset.)
+  """
   config = parse(path, "--dataset=digits", "--depth=10", "--width=1", "--max_steps=2",
-                 f"--output_dir={tmp_path}")
+                 "--corruptions=none", f"--output_dir={tmp_path}")
   if config.model == "preact_resnet18":
     config = dataclasses.replace(config, image_size=16)
   trainer = train.Trainer(config)

@@ -150,3 +150,26 @@ def test_tiny_mixmo_learns_with_cutmix_masks():
     history.append(step(images[a], images[b], labels[a], labels[b], tf.constant([i, 0])).numpy())
   first, last = np.mean(history[:6], 0), np.mean(history[-6:], 0)
   assert np.all(last < 0.7 * first), (first, last)
+
+
+@pytest.mark.parametrize("name,members", [("wide_resnet", 2), ("wide_resnet", 3),
+                                          ("preact_resnet18", 2)])
+def test_folded_stems_equal_the_m_stem_sum(name, members, tmp_path):
+  model = _tiny(name, members=members)
+  rng = np.random.default_rng(4)
+  for w in model.weights:  # non-trivial BN statistics, scales, offsets and head biases
+    noise = 0.1 * rng.normal(size=w.shape).astype(np.float32)
+    if "moving_variance" in w.path:
+      w.assign(1.0 + np.abs(noise))
+    elif "kernel" not in w.path:
+      w.assign(w.numpy() + noise)
+  x = rng.normal(size=(5,) + model.input_shape[0][1:]).astype(np.float32)
+  folded = model.folded()
+  assert folded.num_inputs == 1 and len(folded.inputs) == 1
+  assert trainable_count(folded) == trainable_count(model) - (members - 1) * int(
+      np.prod(model.get_layer("stem_0").kernel.shape))
+  np.testing.assert_allclose(folded([x]), model([x] * members), atol=1e-5, rtol=1e-5)
+  folded.save(tmp_path / "folded.keras")
+  loaded = keras.models.load_model(tmp_path / "folded.keras", safe_mode=True)
+  np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict([x] * members, verbose=0),
+                             atol=1e-5, rtol=1e-5)

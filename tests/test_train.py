@@ -81,6 +81,38 @@ np.save({str(tmp_path / 'member.npy')!r}, out['member_probs'].numpy())
   np.testing.assert_allclose(np.load(tmp_path / "probs.npy"), ensemble, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_evaluate_reproduces_quickstart_results_and_plots(quickstart_run, tmp_path):
+  from PIL import Image
+  from mixmo_tf import evaluate
+  trained = json.loads((quickstart_run / "results.json").read_text())
+  for source in (quickstart_run, quickstart_run / "model.keras", quickstart_run / "saved_model"):
+    out = tmp_path / source.name
+    results = evaluate.evaluate_path(str(source), output_dir=str(out),
+                                     plots=source.name == "run")
+    for key in ("top1", "top5", "top1_member_0", "top1_member_1"):
+      assert results[key] == pytest.approx(trained[key], abs=1e-9), (source, key)
+    for key in ("nll", "nll_c", "ece", "diversity_dre"):
+      assert results[key] == pytest.approx(trained[key], abs=1e-4), (source, key)
+    assert json.loads((out / "metrics.json").read_text())["top1"] == results["top1"]
+    assert (out / "metrics_row.md").read_text().count("|") > 8
+  for name in ("reliability", "member_vs_ensemble", "stem_filters", "active_filters"):
+    image = np.asarray(Image.open(tmp_path / "run" / f"{name}.png").convert("L"))
+    assert image.shape == (400, 600) and image.std() > 5, name
+
+
+def test_augmix_training_steps_on_digits(tmp_path):
+  results = train.run(tiny_config(tmp_path, max_steps=2, augmix=True, msda="cutmix"))
+  assert results["global_step"] == 2 and np.isfinite(results["nll"])
+
+
+@pytest.mark.slow
+def test_augmix_training_steps_on_cifar10_jpegs(cifar10_folder, tmp_path):
+  results = train.run(tiny_config(tmp_path, dataset="folder", data_dir=str(cifar10_folder),
+                                  train_subset=256, max_steps=2, augmix=True))
+  assert results["global_step"] == 2 and np.isfinite(results["nll"])
+
+
 def test_resume_continues_and_matches_uninterrupted(tmp_path):
   straight = train.run(tiny_config(tmp_path / "a", max_steps=30, checkpoint_frequency=1))
   first = train.Trainer(tiny_config(tmp_path / "b", max_steps=17))

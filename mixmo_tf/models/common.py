@@ -77,27 +77,53 @@ class MixMoModel(keras.Model):
   """
 
   def _build_graph(self, num_members, image_shape, stem_fn, trunk_fn, head_init, num_classes,
-                   name):
-    images = [keras.Input(image_shape, name=f"image_{i}") for i in range(num_members)]
-    stems = [stem_fn(f"stem_{i}") for i in range(num_members)]
-    features = [stem(x) for stem, x in zip(stems, images)]
-    grid = tuple(features[0].shape[1:3])
-    masks = keras.Input((num_members,) + grid + (1,), name="masks", optional=True)
-    mixed = MixingLayer(name="mixing")(features, masks=masks)
+                   name, folded=False):
+    if folded:
+      # Inference-only variant: the stems are bias-free convolutions, so sum_i c_i(x) =
+      # (sum_i c_i)(x): one stem whose kernel is the members' sum (`MixMoModel.folded`).
+      images = [keras.Input(image_shape, name="image")]
+      mixed = stem_fn("stem_folded")(images[0])
+      inputs, grid = images, None
+    else:
+      images = [keras.Input(image_shape, name=f"image_{i}") for i in range(num_members)]
+      stems = [stem_fn(f"stem_{i}") for i in range(num_members)]
+      features = [stem(x) for stem, x in zip(stems, images)]
+      grid = tuple(features[0].shape[1:3])
+      masks = keras.Input((num_members,) + grid + (1,), name="masks", optional=True)
+      mixed = MixingLayer(name="mixing")(features, masks=masks)
+      inputs = images + [masks]
     pooled = trunk_fn(mixed)
     logits = DenseMultihead(num_members, num_classes, kernel_initializer=head_init,
                             name="heads")(pooled)
     # Keep logits float32 under mixed precision: the loss and metrics need the precision.
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
-    super().__init__(inputs=images + [masks], outputs=logits, name=name)
+    super().__init__(inputs=inputs, outputs=logits, name=name)
     self.num_members = num_members
+    self.is_folded = folded
+    self.num_inputs = 1 if folded else num_members
     self.mask_shape = grid
 
   def __call__(self, inputs, *args, **kwargs):
     # Functional models check their input count before `call`: a list of M images means "no masks".
-    if isinstance(inputs, (list, tuple)) and len(inputs) == self.num_members:
+    if not self.is_folded and isinstance(inputs, (list, tuple)) and len(inputs) == self.num_members:
       inputs = list(inputs) + [None]
     return super().__call__(inputs, *args, **kwargs)
+
+  def folded(self) -> "MixMoModel":
+    """The same network for inference with the M stems folded into one (exact: no bias, Sec. 3.1).
+
+    Takes one image batch, returns the same member logits [B, M, K] as `model([x] * M)` at the
+    cost of a single stem.
+    """
+    if self.is_folded:
+      return self
+    clone = type(self)(**dict(self._config, folded=True))
+    for layer in clone.layers:
+      if layer.weights and layer.name != "stem_folded":
+        layer.set_weights(self.get_layer(layer.name).get_weights())
+    kernel = sum(stem.kernel.value for stem in self.stem_layers())
+    clone.get_layer("stem_folded").kernel.assign(kernel)
+    return clone
 
   def stem_layers(self):
     return [self.get_layer(f"stem_{i}") for i in range(self.num_members)]

@@ -35,7 +35,7 @@ class PreActResNet18(MixMoModel):
   """MixMo PreActResNet-18-`width`; output logits [B, M, num_classes]."""
 
   def __init__(self, width=1, num_members=2, num_classes=200, image_shape=(64, 64, 3),
-               name="preact_resnet18"):
+               name="preact_resnet18", folded=False):
     if width < 1:
       raise ValueError(f"PreActResNet width must be >= 1; got width={width}.")
     if num_members < 1:
@@ -51,6 +51,6 @@ class PreActResNet18(MixMoModel):
 
     self._build_graph(num_members, tuple(image_shape),
                       lambda n: _strided_conv(64, 3, 2, n), trunk,
-                      keras.initializers.RandomNormal(stddev=0.01), num_classes, name)
+                      keras.initializers.RandomNormal(stddev=0.01), num_classes, name, folded)
     self._config = dict(width=width, num_members=num_members, num_classes=num_classes,
-                        image_shape=tuple(image_shape), name=name)
+                        image_shape=tuple(image_shape), name=name, folded=folded)

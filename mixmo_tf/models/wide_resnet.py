@@ -28,7 +28,7 @@ class WideResNet(MixMoModel):
   """MixMo WRN-`depth`-`width` for `num_members` inputs; output logits [B, M, num_classes]."""
 
   def __init__(self, depth=28, width=10, num_members=2, num_classes=100, image_shape=(32, 32, 3),
-               name="wide_resnet"):
+               name="wide_resnet", folded=False):
     if depth < 10 or (depth - 4) % 6:
       raise ValueError(f"WRN depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...); got depth={depth}.")
     if width < 1:
@@ -47,6 +47,7 @@ class WideResNet(MixMoModel):
       return keras.layers.GlobalAveragePooling2D(name="pool")(x)
 
     self._build_graph(num_members, tuple(image_shape), lambda n: conv(16, 3, name=n), trunk,
-                      he_truncated_normal(widths[-1]), num_classes, name)
+                      he_truncated_normal(widths[-1]), num_classes, name, folded)
     self._config = dict(depth=depth, width=width, num_members=num_members,
-                        num_classes=num_classes, image_shape=tuple(image_shape), name=name)
+                        num_classes=num_classes, image_shape=tuple(image_shape), name=name,
+                        folded=folded)

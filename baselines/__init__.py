@@ -1,0 +1,1 @@
+"""Baselines that combine several runs of the one driver (`python -m mixmo_tf.train`)."""

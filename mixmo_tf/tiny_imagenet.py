@@ -1,0 +1,141 @@
+"""Tiny ImageNet from the released `tiny-imagenet-200` folder (REFERENCE 9).
+
+Train = `train/<wnid>/images/*.JPEG` (200 classes x 500); the 10,000 validation images are the test
+set, labelled from `val/val_annotations.txt`. Class index = position of the wnid in sorted order.
+Datasets yield raw `(image uint8 [64, 64, 3], label int32)` pairs like `mixmo_tf.data`; grayscale
+JPEGs (a few hundred in the release) are decoded to 3-channel RGB.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from mixmo_tf.data import AUTOTUNE, IMAGE_EXTENSIONS, DataInfo
+
+IMAGE_SIZE = 64
+# Normalisation to [-1, 1] (REFERENCE 9: mean 0.5, std 0.5 per channel).
+TINY_MEAN = (0.5, 0.5, 0.5)
+TINY_STD = (0.5, 0.5, 0.5)
+
+
+def read_wnids(data_dir: str) -> List[str]:
+  """The class wnids of `data_dir/wnids.txt`, sorted: list index = class index (REFERENCE 9)."""
+  path = os.path.join(data_dir, "wnids.txt")
+  if not os.path.isfile(path):
+    raise ValueError(f"Tiny ImageNet folder {data_dir!r} has no wnids.txt ({path}).")
+  with open(path) as f:
+    wnids = [line.strip() for line in f if line.strip()]
+  if not wnids:
+    raise ValueError(f"{path} lists no wnids.")
+  duplicates = sorted(w for w, n in collections.Counter(wnids).items() if n > 1)
+  if duplicates:
+    raise ValueError(f"{path} lists these wnids more than once: {duplicates}.")
+  return sorted(wnids)
+
+
+def _list_train(data_dir: str, wnids: Sequence[str]) -> Tuple[List[str], List[int]]:
+  """`train/<wnid>/images/*` for each class in sorted-wnid order; raises on a missing class."""
+  paths, labels = [], []
+  for label, wnid in enumerate(wnids):
+    images_dir = os.path.join(data_dir, "train", wnid, "images")
+    if not os.path.isdir(images_dir):
+      raise ValueError(f"Tiny ImageNet class {wnid!r} (from wnids.txt) has no training images "
+                       f"folder {images_dir}.")
+    files = sorted(e.path for e in os.scandir(images_dir)
+                   if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+      raise ValueError(f"Training images folder {images_dir} contains no images "
+                       f"({', '.join(IMAGE_EXTENSIONS)}).")
+    paths += files
+    labels += [label] * len(files)
+  return paths, labels
+
+
+def _list_val(data_dir: str, wnids: Sequence[str]) -> Tuple[List[str], List[int]]:
+  """The validation (= test) images in annotation-file order, labelled by their wnid's index."""
+  annotations = os.path.join(data_dir, "val", "val_annotations.txt")
+  if not os.path.isfile(annotations):
+    raise ValueError(f"Tiny ImageNet folder {data_dir!r} has no validation annotation file "
+                     f"({annotations}).")
+  index = {wnid: i for i, wnid in enumerate(wnids)}
+  images_dir = os.path.join(data_dir, "val", "images")
+  paths, labels, seen = [], [], set()
+  with open(annotations) as f:
+    for line_number, line in enumerate(f, start=1):
+      fields = line.split()  # filename, wnid, then 4 bbox ints (tab-separated).
+      if not fields:
+        continue
+      if len(fields) < 2:
+        raise ValueError(f"{annotations} line {line_number}: expected 'filename<TAB>wnid...', "
+                         f"got {line.rstrip()!r}.")
+      filename, wnid = fields[0], fields[1]
+      if wnid not in index:
+        raise ValueError(f"{annotations} line {line_number}: wnid {wnid!r} (for {filename}) is "
+                         f"not in wnids.txt.")
+      if filename in seen:
+        raise ValueError(f"{annotations} line {line_number}: {filename} is annotated twice.")
+      seen.add(filename)
+      path = os.path.join(images_dir, filename)
+      if not os.path.isfile(path):
+        raise ValueError(f"Validation image {path} (listed in {annotations} line {line_number}) "
+                         f"does not exist.")
+      paths.append(path)
+      labels.append(index[wnid])
+  if not paths:
+    raise ValueError(f"{annotations} lists no validation images.")
+  return paths, labels
+
+
+def list_tiny_imagenet(data_dir: str):
+  """Lists the released layout without decoding anything; raises ValueError naming what is wrong.
+
+  Returns:
+    (train_paths, train_labels, test_paths, test_labels, wnids) with `wnids` sorted.
+  """
+  wnids = read_wnids(data_dir)
+  train_paths, train_labels = _list_train(data_dir, wnids)
+  test_paths, test_labels = _list_val(data_dir, wnids)
+  return train_paths, train_labels, test_paths, test_labels, wnids
+
+
+def _decode(paths: Sequence[str], labels: Sequence[int]) -> tf.data.Dataset:
+  """Files -> (uint8 [64, 64, 3], int32); grayscale becomes RGB; another size fails naming it."""
+
+  def read(path, label):
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    check = tf.debugging.Assert(tf.reduce_all(tf.shape(image)[:2] == IMAGE_SIZE),
+                                ["Tiny ImageNet image is not 64x64:", path, tf.shape(image)])
+    with tf.control_dependencies([check]):
+      image = tf.identity(image)
+    return tf.ensure_shape(image, [IMAGE_SIZE, IMAGE_SIZE, 3]), label
+
+  ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.int32)))
+  return ds.map(read, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def load_tiny_imagenet(data_dir: str, train_subset: int = 0
+                       ) -> Tuple[tf.data.Dataset, tf.data.Dataset, DataInfo]:
+  """Returns (train, test, info) for the unpacked `tiny-imagenet-200` folder (REFERENCE 9).
+
+  Args:
+    data_dir: the folder holding wnids.txt, train/ and val/.
+    train_subset: if > 0 (and smaller than the training set), keep a fixed random subset of the
+      training files (seed-0 permutation, kept in listing order), as `mixmo_tf.data` does.
+  Returns:
+    Unbatched, uncached datasets of (uint8 [64, 64, 3], int32 label), and their DataInfo (train
+    augmentation: 4-pixel pad-crop and flip; normalisation mean = std = 0.5).
+  """
+  train_paths, train_labels, test_paths, test_labels, wnids = list_tiny_imagenet(data_dir)
+  if train_subset and train_subset < len(train_paths):
+    keep = np.sort(np.random.RandomState(0).permutation(len(train_paths))[:train_subset])
+    train_paths = [train_paths[i] for i in keep]
+    train_labels = [train_labels[i] for i in keep]
+  info = DataInfo("tiny_imagenet", len(wnids), (IMAGE_SIZE, IMAGE_SIZE, 3), len(train_paths),
+                  len(test_paths), TINY_MEAN, TINY_STD, crop_padding=4, flip=True,
+                  class_names=tuple(wnids))
+  return _decode(train_paths, train_labels), _decode(test_paths, test_labels), info

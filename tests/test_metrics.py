@@ -1,0 +1,88 @@
+"""Metrics against independent computations on fixed inputs (REFERENCE 10)."""
+
+import numpy as np
+import pytest
+
+from mixmo_tf import metrics
+from mixmo_tf.evaluate import markdown_table
+
+
+def numpy_ece(probs, labels, bins=15):
+  """A plain loop over bins (l, u], written independently of metrics.py."""
+  conf, pred = probs.max(1), probs.argmax(1)
+  total = 0.0
+  for b in range(bins):
+    lo, hi = b / bins, (b + 1) / bins
+    sel = (conf > lo) & (conf <= hi) if b else (conf >= 0) & (conf <= hi)
+    if sel.sum():
+      total += sel.sum() / len(labels) * abs((pred[sel] == labels[sel]).mean() - conf[sel].mean())
+  return total
+
+
+def test_nll_and_ece_against_numpy():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(500, 3, 7)) * 2
+  labels = rng.integers(0, 7, 500)
+  probs = np.exp(logits.mean(1)) / np.exp(logits.mean(1)).sum(1, keepdims=True)
+  np.testing.assert_allclose(metrics.ensemble_probs(logits, "logits"), probs, rtol=1e-12)
+  nll = np.mean([-np.log(probs[i, labels[i]] + 1e-12) for i in range(500)])
+  assert metrics.nll(probs, labels) == pytest.approx(nll, rel=1e-12)
+  assert metrics.expected_calibration_error(probs, labels) == pytest.approx(
+      numpy_ece(probs, labels), abs=1e-12)
+  member_p = np.exp(logits) / np.exp(logits).sum(2, keepdims=True)
+  np.testing.assert_allclose(metrics.ensemble_probs(logits, "probs"), member_p.mean(1))
+
+
+def test_temperature_scaling_recovers_known_temperature():
+  rng = np.random.default_rng(1)
+  for true_t in (0.5, 2.0, 3.0):
+    z = rng.normal(size=(20000, 10)) * 3
+    p = np.exp(z / true_t)
+    p /= p.sum(1, keepdims=True)
+    labels = np.array([rng.choice(10, p=row) for row in p])  # labels drawn at temperature T
+    assert metrics.fit_temperature(z, labels) == pytest.approx(true_t, rel=0.02)
+
+
+def test_calibrated_metrics_use_two_fixed_halves():
+  a, b = metrics.calibration_split(10)
+  order = np.arange(10)
+  np.random.RandomState(31).shuffle(order)
+  np.testing.assert_array_equal(np.concatenate([a, b]), order)
+  rng = np.random.default_rng(2)
+  logits = rng.normal(size=(400, 2, 5)) * 4
+  labels = rng.integers(0, 5, 400)
+  out = metrics.calibrated_metrics(logits, labels)
+  assert out["nll_c"] < metrics.nll(metrics.ensemble_probs(logits), labels)  # random logits: T >> 1
+  assert out["temperature"] > 1
+
+
+def test_ratio_error_diversity_hand_count():
+  labels = np.zeros(10, int)
+  # member a wrong on 0-3, member b wrong on 2-6 -> both wrong {2,3}: 0.2; exactly one: {0,1,4,5,6}: 0.5
+  a = np.zeros(10, int); a[:4] = 1
+  b = np.zeros(10, int); b[2:7] = 2
+  logits = np.stack([np.eye(3)[a], np.eye(3)[b]], axis=1) * 5
+  assert metrics.ratio_error_diversity(logits, labels) == pytest.approx(0.5 / 0.2)
+  never_both = np.stack([np.eye(3)[a], np.eye(3)[np.r_[np.zeros(5, int), np.ones(5, int)]]], 1)
+  # N00 = 0 -> 2 (N01 + N10): a wrong on 0-3, b wrong on 5-9 -> exactly one wrong: 9/10
+  assert metrics.ratio_error_diversity(never_both, labels) == pytest.approx(2 * 0.9)
+
+
+def test_top5_with_ties():
+  probs = np.array([[0.3, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1],   # label 7 tied at the boundary
+                    [0.3, 0.2, 0.2, 0.1, 0.1, 0.05, 0.04, 0.01],  # label 6: rank 7
+                    [0.125] * 8])                                   # all tied
+  labels = np.array([7, 6, 3])
+  assert metrics.top_k_accuracy(probs, labels, 5) == pytest.approx(2 / 3)
+  assert metrics.top_k_accuracy(probs, labels, 1) == pytest.approx(1 / 3)  # all-tied counts
+
+
+def test_evaluate_logits_and_table():
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=(50, 2, 10))
+  labels = rng.integers(0, 10, 50)
+  r = metrics.evaluate_logits(logits, labels)
+  assert {"top1", "top5", "nll", "nll_c", "ece", "ece_c", "top1_member_0", "nll_member_1",
+          "diversity_dre", "top1_members_mean"} <= set(r)
+  table = markdown_table({"a": r, "b": r})
+  assert table.count("\n") == 4 and "| a |" in table
