@@ -31,16 +31,19 @@ from mixmo_tf.config import Config  # noqa: E402
 from mixmo_tf.train import Trainer  # noqa: E402
 
 
-def median_rate(fn, images_per_call, warmup=3, repeats=7, calls=5):
-  for _ in range(warmup):
-    fn()
-  rates = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(calls):
+def compare_rates(fns, images_per_call, warmup=3, repeats=7, calls=3):
+  """Median images/s of each function, timed round-robin so that machine noise hits all alike."""
+  for fn in fns.values():
+    for _ in range(warmup):
       fn()
-    rates.append(images_per_call * calls / (time.perf_counter() - start))
-  return statistics.median(rates)
+  rates = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      for _ in range(calls):
+        fn()
+      rates[name].append(images_per_call * calls / (time.perf_counter() - start))
+  return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def make_trainer(width, members, jit=False, precision="float32", depth=28):
@@ -51,7 +54,8 @@ def make_trainer(width, members, jit=False, precision="float32", depth=28):
   return Trainer(config, tf.distribute.OneDeviceStrategy("/cpu:0"))
 
 
-def train_rate(trainer, repeats):
+def train_step_fn(trainer):
+  """The real distributed train step on a fixed synthetic uint8 batch of B/b unique images."""
   c = trainer.config
   rng = np.random.default_rng(0)
   batch = (tf.constant(rng.integers(0, 256, (c.unique_batch_size, 32, 32, 3)), tf.uint8),
@@ -63,17 +67,17 @@ def train_rate(trainer, repeats):
     loss, _ = trainer._train_step_fn(batch, step.read_value(), epoch)
     step.assign_add(1)
     loss.numpy()
-  return median_rate(run, c.batch_size, repeats=repeats, calls=3)
+  return run
 
 
-def inference_rate(models, batch=256, repeats=7):
+def inference_fn(models, batch=256):
   x = tf.constant(np.random.default_rng(0).normal(size=(batch, 32, 32, 3)), tf.float32)
   fns = [tf.function(lambda x, m=m: m([x] * m.num_inputs, training=False)) for m in models]
 
   def run():
     for fn in fns:
       fn(x).numpy()
-  return median_rate(run, batch, repeats=repeats)
+  return run
 
 
 def pipeline_rate(cifar_dir):
@@ -106,8 +110,10 @@ def main():
   step_rates = {}
   for width in widths:
     for jit in ((False, True) if args.xla else (False,)):
-      repeats = 3 if width == 10 else (3 if args.quick else 5)
-      rates = [train_rate(make_trainer(width, m, jit, args.precision), repeats) for m in (1, 2)]
+      repeats = 3 if width == 10 else 7
+      rates = compare_rates({m: train_step_fn(make_trainer(width, m, jit, args.precision))
+                             for m in (1, 2)}, 64, repeats=repeats)
+      rates = [rates[1], rates[2]]
       step_rates[(width, jit)] = rates
       print(f"| WRN-28-{width} | {'on' if jit else 'off'} | {rates[0]:.0f} | {rates[1]:.0f} | "
             f"{rates[0] / rates[1]:.3f} | {anchors[width]} |", flush=True)
@@ -115,12 +121,14 @@ def main():
   print("| net | vanilla | MixMo M=2 (folded) | MixMo M=2 (M stems) | DE of 2 | "
         "MixMo/vanilla | MixMo/DE |")
   for width in ((1,) if args.quick else (1, 2)):
-    vanilla = make_trainer(width, 1).model
-    mixmo = make_trainer(width, 2).model
-    rates = [inference_rate([vanilla]), inference_rate([mixmo.folded()]),
-             inference_rate([mixmo]), inference_rate([vanilla, make_trainer(width, 1).model])]
-    print(f"| WRN-28-{width} | {rates[0]:.0f} | {rates[1]:.0f} | {rates[2]:.0f} | {rates[3]:.0f} | "
-          f"{rates[1] / rates[0]:.3f} | {rates[1] / rates[3]:.2f} |", flush=True)
+    vanilla = make_trainer(width, 1, precision=args.precision).model
+    mixmo = make_trainer(width, 2, precision=args.precision).model
+    other = make_trainer(width, 1, precision=args.precision).model
+    r = compare_rates({"vanilla": inference_fn([vanilla]), "folded": inference_fn([mixmo.folded()]),
+                       "stems": inference_fn([mixmo]), "de2": inference_fn([vanilla, other])}, 256)
+    print(f"| WRN-28-{width} | {r['vanilla']:.0f} | {r['folded']:.0f} | {r['stems']:.0f} | "
+          f"{r['de2']:.0f} | {r['folded'] / r['vanilla']:.3f} | {r['folded'] / r['de2']:.2f} |",
+          flush=True)
   if args.cifar_dir:
     count, decode, rate = pipeline_rate(args.cifar_dir)
     train_img = step_rates[(1, False)][1]

@@ -258,12 +258,13 @@ class MixingLayer(keras.layers.Layer):
     features = list(features)
     if masks is None:
       return sum(features[1:], features[0])
-    masks = keras.ops.cast(masks, features[0].dtype)
-    # A running sum, not a stacked [B, M, H, W, C] tensor: no extra copy in the hot path.
+    # The factor M goes on the one-channel masks, and a running sum replaces a stacked
+    # [B, M, H, W, C] tensor: two fewer full-size passes in the hot path.
+    masks = keras.ops.cast(masks * len(features), features[0].dtype)
     mixed = masks[:, 0] * features[0]
     for i in range(1, len(features)):
       mixed = mixed + masks[:, i] * features[i]
-    return len(features) * mixed
+    return mixed
 
   def compute_output_shape(self, features_shape, masks_shape=None):
     return features_shape[0]

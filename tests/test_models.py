@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from mixmo_tf import build_model, mixmo_loss, sample_masks
-from mixmo_tf.models.common import BN_EPSILON, BN_MOMENTUM
+from mixmo_tf.models.common import BN_EPSILON, BN_MOMENTUM, FusedBatchNorm
 
 
 def trainable_count(model):
@@ -39,7 +39,7 @@ def test_preact_resnet18_parameter_counts():
 
 def test_architecture_details():
   model = build_model("wide_resnet", depth=10, width=2, num_members=2, num_classes=10)
-  bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+  bns = [l for l in model.layers if isinstance(l, FusedBatchNorm)]
   assert bns and all(l.momentum == BN_MOMENTUM and l.epsilon == BN_EPSILON for l in bns)
   convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
   assert all(not l.use_bias for l in convs)
@@ -173,3 +173,25 @@ def test_folded_stems_equal_the_m_stem_sum(name, members, tmp_path):
   loaded = keras.models.load_model(tmp_path / "folded.keras", safe_mode=True)
   np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict([x] * members, verbose=0),
                              atol=1e-5, rtol=1e-5)
+
+
+def test_fused_batch_norm_matches_the_reference_equations():
+  """Training: batch statistics, running stats updated with momentum 0.1 (PyTorch) and the
+  unbiased variance; inference: the running statistics."""
+  layer = FusedBatchNorm()
+  x = np.random.default_rng(0).normal(2.0, 3.0, size=(8, 4, 4, 5)).astype(np.float32)
+  layer.build(x.shape)
+  layer.gamma.assign(np.arange(1, 6, dtype=np.float32))
+  layer.beta.assign(np.full(5, 0.5, np.float32))
+  out = layer(x, training=True).numpy()
+  mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+  expected = (x - mean) / np.sqrt(var + 1e-5) * np.arange(1, 6) + 0.5
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+  n = 8 * 4 * 4
+  np.testing.assert_allclose(layer.moving_mean.numpy(), 0.1 * mean, rtol=1e-5)
+  np.testing.assert_allclose(layer.moving_variance.numpy(), 0.9 + 0.1 * var * n / (n - 1),
+                             rtol=1e-5)
+  inference = layer(x, training=False).numpy()
+  expected = ((x - layer.moving_mean.numpy()) / np.sqrt(layer.moving_variance.numpy() + 1e-5)
+              * np.arange(1, 6) + 0.5)
+  np.testing.assert_allclose(inference, expected, rtol=1e-4, atol=1e-4)

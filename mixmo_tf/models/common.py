@@ -8,9 +8,11 @@ Porting constants from the official PyTorch implementation (REFERENCE 2.1):
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
+import tensorflow as tf
 
 from mixmo_tf.mixing import MixingLayer
 
@@ -23,8 +25,53 @@ def conv(filters, kernel_size, strides=1, padding="same", name=None):
                              use_bias=False, kernel_initializer="he_normal", name=name)
 
 
+@keras.saving.register_keras_serializable(package="mixmo_tf")
+class FusedBatchNorm(keras.layers.Layer):
+  """BatchNorm over the channel axis of NHWC maps through TF's fused kernel.
+
+  Keras 3's BatchNormalization computes moments and normalises with separate ops on the TF
+  backend; `FusedBatchNormV3` does both (and the moving-average update) in one kernel, which
+  measured 1.39x faster forward+backward for WRN-28-1 on this CPU (BUILD_NOTES.md). Same weights
+  as Keras' layer (gamma, beta, moving_mean, moving_variance), same momentum convention; the moving
+  variance is updated with the unbiased batch variance, as PyTorch does (REFERENCE 12.9).
+  """
+
+  def __init__(self, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, **kwargs):
+    super().__init__(**kwargs)
+    self.momentum = momentum
+    self.epsilon = epsilon
+
+  def build(self, input_shape):
+    channels = (input_shape[-1],)
+    weight = lambda name, init, trainable: self.add_weight(
+        name=name, shape=channels, initializer=init, trainable=trainable, autocast=False)
+    self.gamma = weight("gamma", "ones", True)
+    self.beta = weight("beta", "zeros", True)
+    self.moving_mean = weight("moving_mean", "zeros", False)
+    self.moving_variance = weight("moving_variance", "ones", False)
+
+  def call(self, inputs, training=None):
+    fused = functools.partial(
+        tf.raw_ops.FusedBatchNormV3, x=inputs, scale=self.gamma.value, offset=self.beta.value,
+        mean=self.moving_mean.value, variance=self.moving_variance.value, epsilon=self.epsilon,
+        data_format="NHWC")
+    if training:
+      outputs, mean, variance = fused(exponential_avg_factor=1.0 - self.momentum,
+                                      is_training=True)[:3]
+      self.moving_mean.assign(mean)
+      self.moving_variance.assign(variance)
+      return outputs
+    return fused(is_training=False)[0]
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+  def get_config(self):
+    return dict(super().get_config(), momentum=self.momentum, epsilon=self.epsilon)
+
+
 def batch_norm(name=None):
-  return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+  return FusedBatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
 def he_truncated_normal(fan_in):
@@ -105,8 +152,11 @@ class MixMoModel(keras.Model):
 
   def __call__(self, inputs, *args, **kwargs):
     # Functional models check their input count before `call`: a list of M images means "no masks".
-    if not self.is_folded and isinstance(inputs, (list, tuple)) and len(inputs) == self.num_members:
-      inputs = list(inputs) + [None]
+    if not self.is_folded:
+      if not isinstance(inputs, (list, tuple, dict)) and self.num_members == 1:
+        inputs = [inputs]  # a vanilla network takes a bare image batch too
+      if isinstance(inputs, (list, tuple)) and len(inputs) == self.num_members:
+        inputs = list(inputs) + [None]
     return super().__call__(inputs, *args, **kwargs)
 
   def folded(self) -> "MixMoModel":
