@@ -86,3 +86,21 @@ def test_evaluate_logits_and_table():
           "diversity_dre", "top1_members_mean"} <= set(r)
   table = markdown_table({"a": r, "b": r})
   assert table.count("\n") == 4 and "| a |" in table
+
+
+def test_tables_tool_reads_every_kind_of_run(tmp_path, capsys):
+  import json
+  from mixmo_tf import tables
+  (tmp_path / "a").mkdir()
+  (tmp_path / "a" / "metrics.json").write_text(json.dumps({"top1": 0.5, "nll": 1.25}))
+  (tmp_path / "b").mkdir()
+  (tmp_path / "b" / "results.json").write_text(json.dumps({"top1": 0.75, "top5": 0.9}))
+  (tmp_path / "de").mkdir()
+  (tmp_path / "de" / "ensemble_results.json").write_text(json.dumps({"ensemble": {"top1": 0.8}}))
+  tables.main([str(tmp_path / n) for n in ("a", "b", "de")])
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 5
+  assert lines[2].startswith("| a | 50.00 | - | 1.250 |")
+  assert lines[3].startswith("| b | 75.00 | 90.00 |") and lines[4].startswith("| de | 80.00 |")
+  with pytest.raises(ValueError, match="none of"):
+    tables.load_run_metrics(str(tmp_path))
