@@ -23,8 +23,9 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 CORRUPTIONS = ("none", "cifar10_c", "cifar100_c")
 
 # Flags that fix the model or the data: resuming an output_dir with other values is an error.
+# Also the flags that map a step to an epoch, a data order and a learning rate.
 ARCHITECTURE_KEYS = ("dataset", "model", "depth", "width", "num_members", "image_size",
-                     "train_subset")
+                     "train_subset", "batch_size", "batch_repetitions", "seed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,10 +135,18 @@ class Config:
     check(self.eval_frequency >= 1, "eval_frequency", "an integer >= 1")
     check(self.checkpoint_frequency >= 1, "checkpoint_frequency", "an integer >= 1")
     check(self.max_steps >= 0, "max_steps", "an integer >= 0")
+    check(self.log_every_steps >= 1, "log_every_steps", "an integer >= 1")
+    check(self.keep_checkpoints >= 1, "keep_checkpoints", "an integer >= 1")
+    check(self.lr_warmup_epochs >= 0, "lr_warmup_epochs", "a value >= 0")
+    check(self.lr_decay_ratio > 0, "lr_decay_ratio", "a value > 0")
+    check(all(e >= 1 for e in self.lr_decay_epochs), "lr_decay_epochs", "1-based epochs >= 1")
     check(self.train_subset >= 0, "train_subset", "an integer >= 0")
     check(self.image_size >= 0, "image_size", "an integer >= 0 (0: native size)")
     check(list(self.lr_decay_epochs) == sorted(self.lr_decay_epochs), "lr_decay_epochs",
           "increasing epochs")
+    if self.precision == "mixed_float16" and num_replicas > 1:
+      raise ValueError("--precision=mixed_float16 is not valid with more than one replica (a "
+                       "replica's overflow could reach the shared weights); use mixed_bfloat16.")
     divisor = self.batch_repetitions * num_replicas
     if self.batch_size < divisor or self.batch_size % divisor:
       raise ValueError(

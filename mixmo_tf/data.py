@@ -220,9 +220,10 @@ def _load_tiny_imagenet(config):
 # Batching, augmentation, batch repetition.
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-  """A distinct, reproducible tf.data shuffle seed per (run seed, 0-based epoch)."""
-  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] & 0x7FFFFFFF)
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+  """A distinct, reproducible seed per (run seed, 0-based epoch, stream): 0 data order, 1 MSDA
+  partners, 2 AugMix, 3 AugMix of partners (distinct from every other run seed's streams)."""
+  return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def train_batches(train: tf.data.Dataset, info: DataInfo, unique_batch_size: int, seed: int,
@@ -238,14 +239,14 @@ def train_batches(train: tf.data.Dataset, info: DataInfo, unique_batch_size: int
   """
   ds = train.shuffle(info.num_train, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
   if augmix:
-    ds = ds.enumerate().map(_augmix_fn(seed, epoch, *augmix), num_parallel_calls=AUTOTUNE,
+    ds = ds.enumerate().map(_augmix_fn(seed, epoch, 2, *augmix), num_parallel_calls=AUTOTUNE,
                             deterministic=True)
   ds = ds.batch(unique_batch_size, drop_remainder=True)
   if partner_batch_size:
-    partners = train.shuffle(info.num_train, seed=epoch_seed(seed + 1, epoch),
+    partners = train.shuffle(info.num_train, seed=epoch_seed(seed, epoch, 1),
                              reshuffle_each_iteration=True).repeat()
     if augmix:
-      partners = partners.enumerate().map(_augmix_fn(seed + 1, epoch, *augmix),
+      partners = partners.enumerate().map(_augmix_fn(seed, epoch, 3, *augmix),
                                           num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = tf.data.Dataset.zip(ds, partners.batch(partner_batch_size, drop_remainder=True))
   if skip_batches:
@@ -253,9 +254,9 @@ def train_batches(train: tf.data.Dataset, info: DataInfo, unique_batch_size: int
   return ds.prefetch(AUTOTUNE)
 
 
-def _augmix_fn(seed, epoch, width, depth, severity):
+def _augmix_fn(seed, epoch, stream, width, depth, severity):
   from mixmo_tf.augmix import augmix
-  base = tf.constant([epoch_seed(seed, epoch), 0xA06], tf.int64)
+  base = tf.constant([epoch_seed(seed, epoch, stream), 0], tf.int64)
 
   def apply(index, example):
     image, label = example

@@ -202,7 +202,7 @@ def _patch_masks(patch, kappa):
 
 
 def sample_masks(batch_size, height: int, width: int, num_members: int, method: str = "linear",
-                 alpha: float = 2.0, patch_probability=0.5, seed=0):
+                 alpha: float = 2.0, patch_probability=0.5, seed=0, batch_seed=None):
   """Samples MixMo masks and realised ratios for one batch.
 
   Args:
@@ -214,7 +214,10 @@ def sample_masks(batch_size, height: int, width: int, num_members: int, method: 
     alpha: Dirichlet / Beta concentration.
     patch_probability: p. Patch methods use the patch mask with probability p and the linear mask
       otherwise, drawn once per batch as in the reference (REFERENCE 3.2 step 7, Sec. 4).
-    seed: int or [2] int32 tensor; the result is a pure function of it.
+    seed: int or [2] int32 tensor; the result is a pure function of it (and of batch_seed).
+    batch_seed: optional seed of the per-batch draws (cut-vs-linear, role shuffle). Under data
+      parallelism pass one shared by all replicas, so that the whole global batch takes one
+      decision (REFERENCE 3.2 step 7) while per-example draws differ per replica.
 
   Returns:
     masks: float32 [B, M, H, W, 1], summing to 1 over M at every pixel.
@@ -226,6 +229,8 @@ def sample_masks(batch_size, height: int, width: int, num_members: int, method: 
     raise ValueError(f"num_members must be >= 1, got {num_members}.")
   seed = _as_seed(seed)
   seed_kappa, seed_patch, seed_coin, seed_perm = _split(seed, 4)
+  if batch_seed is not None:
+    seed_coin, seed_perm = _split(_as_seed(batch_seed), 2)
   if num_members == 1:
     return tf.ones([batch_size, 1, height, width, 1], tf.float32), tf.ones([batch_size, 1])
   if method == "mimo":

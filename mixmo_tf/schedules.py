@@ -18,7 +18,9 @@ def patch_probability(epoch, total_epochs, p0):
   """
   rho = tf.cast(epoch, tf.float32) / float(total_epochs)
   decayed = p0 * tf.maximum(0.0, (1.0 - rho) / (1.0 - PATCH_DECAY_START))
-  return tf.where(rho < PATCH_DECAY_START, tf.cast(p0, tf.float32), decayed)
+  # rho < 11/12 tested on integers (12 e < 11 E), so p is exactly p0 up to the decay.
+  before = 12 * tf.cast(epoch, tf.int64) < 11 * int(total_epochs)
+  return tf.where(before, tf.cast(p0, tf.float32), tf.cast(decayed, tf.float32))
 
 
 @keras.saving.register_keras_serializable(package="mixmo_tf")

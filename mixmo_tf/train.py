@@ -10,6 +10,7 @@ same command resumes from the latest checkpoint.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -123,13 +124,19 @@ class Trainer:
       self.model = build_model(config.model, **self._model_kwargs())
       self.schedule = schedules.WarmupPiecewiseSchedule(
           config.base_lr, self.steps_per_epoch,
-          warmup_steps=int(round(config.lr_warmup_epochs * self.steps_per_epoch)),
+          warmup_steps=self.warmup_steps(),
           milestones=config.lr_decay_epochs, decay_factor=config.lr_decay_ratio)
-      self.optimizer = keras.optimizers.SGD(self.schedule, momentum=0.9, nesterov=True)
+      # The step counter is ours, not optimizer.iterations: a LossScaleOptimizer does not count
+      # the steps it skips on overflow, and the LR, p(e), seeds and data position follow batches.
+      self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
+                              aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      self.optimizer = keras.optimizers.SGD(lambda: self.schedule(self.step), momentum=0.9,
+                                            nesterov=True)
       if config.precision == "mixed_float16":
         self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
       self.optimizer.build(self.model.trainable_variables)
-      self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+      self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                            step=self.step)
     # Every worker restores from the chief's directory; only the chief keeps what it writes.
     # Other workers must take part in the (collective) save, so they write throw-away copies.
     self.checkpoint_dir = os.path.join(config.output_dir, "checkpoints")
@@ -154,13 +161,20 @@ class Trainer:
       kwargs["depth"] = c.depth
     return kwargs
 
+  def warmup_steps(self) -> int:
+    """Warmup length: b x ceil(N / B) steps per warmup epoch, as the official configs (782, 1564,
+    3128 on CIFAR for b = 1, 2, 4; REFERENCE 7.1)."""
+    c = self.config
+    return int(round(c.lr_warmup_epochs * c.batch_repetitions *
+                     math.ceil(self.info.num_train / c.batch_size)))
+
   @property
   def global_step(self) -> int:
-    return int(self.optimizer.iterations.numpy())
+    return int(self.step.numpy())
 
   # -- The train step ---------------------------------------------------------------------------
 
-  def _inputs_and_targets(self, images, labels, partners, seed, patch_p):
+  def _inputs_and_targets(self, images, labels, partners, seed, batch_seed, patch_p):
     """Batch repetition, per-copy augmentation, optional MSDA and feature masks for one replica."""
     c, info = self.config, self.info
     seed_rep, seed_aug, seed_msda, seed_mask = tf.unstack(
@@ -171,7 +185,7 @@ class Trainer:
     batch = tf.shape(indices)[1]
     mask_h, mask_w = self.model.mask_shape
     masks, kappa = sample_masks(batch, mask_h, mask_w, c.num_members, c.mixing, c.alpha,
-                                patch_p, seed_mask)
+                                patch_p, seed_mask, batch_seed=batch_seed)
     member_inputs, member_targets = [], []
     aug_seeds = tf.random.experimental.stateless_split(seed_aug, 2 * c.num_members)
     msda_seeds = tf.random.experimental.stateless_split(seed_msda, c.num_members)
@@ -212,8 +226,9 @@ class Trainer:
     seed = tf.random.experimental.stateless_fold_in(
         tf.random.experimental.stateless_fold_in(self._seed, step), replica)
     patch_p = schedules.patch_probability(epoch, c.epochs, c.patch_probability)
+    batch_seed = tf.random.experimental.stateless_fold_in(self._seed, step)  # shared by replicas
     inputs, targets, masks, kappa = self._inputs_and_targets(images, labels, partners, seed,
-                                                             patch_p)
+                                                             batch_seed, patch_p)
     return self._apply_step(inputs, targets, masks, kappa)
 
   def _apply_step(self, inputs, targets, masks, kappa):
@@ -226,6 +241,7 @@ class Trainer:
     (images, labels), partners = batch if self.config.msda != "none" else (batch, ())
     loss, accuracy = self.strategy.run(self._replica_step,
                                        args=(images, labels, partners, step, epoch))
+    self.step.assign_add(1)
     reduce = lambda v: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
     return reduce(loss), reduce(accuracy)
 
@@ -280,6 +296,9 @@ class Trainer:
     """Trains the 0-based `epoch` from `start_step`; returns False when max_steps stopped it."""
     c = self.config
     skip = start_step - epoch * self.steps_per_epoch
+    if not 0 <= skip < self.steps_per_epoch:
+      raise RuntimeError(f"Step {start_step} is not in epoch {epoch + 1} "
+                         f"({self.steps_per_epoch} steps per epoch).")
     partner_batch = c.batch_size * c.num_members if c.msda != "none" else 0
     augmix = (c.augmix_width, c.augmix_depth, c.augmix_severity) if c.augmix else None
     ds = data_lib.train_batches(self.train_data, self.info, c.unique_batch_size, c.seed, epoch,

@@ -142,3 +142,21 @@ def test_mixing_layer_config_round_trip():
   layer = MixingLayer(name="mix")
   clone = keras.layers.deserialize(keras.layers.serialize(layer))
   assert isinstance(clone, MixingLayer) and clone.name == "mix"
+
+
+def test_batch_seed_makes_one_decision_for_all_replicas():
+  """Replicas draw their own boxes and kappa but share the per-batch coin and role shuffle."""
+  for step in range(20):
+    shared = tf.constant([step, 99])
+    kinds = []
+    for replica in range(2):
+      masks, _ = sample_masks(16, 8, 8, 2, "cutmix", patch_probability=0.5,
+                              seed=tf.constant([replica, step]), batch_seed=shared)
+      m0 = masks.numpy()[:, 0, :, :, 0]
+      binary = set(np.unique(m0)) <= {0.0, 1.0}
+      role = None
+      if binary:
+        nontrivial = [m for m in m0 if 0 < m.sum() < m.size]
+        role = is_rectangle(nontrivial[0]) and not is_rectangle(1 - nontrivial[0])
+      kinds.append((binary, role))
+    assert kinds[0] == kinds[1], step

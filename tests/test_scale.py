@@ -71,7 +71,8 @@ def test_precision_and_xla_train_with_finite_decreasing_loss(overrides, tmp_path
     keras.mixed_precision.set_dtype_policy("float32")
   losses = np.array(trainer.loss_history)
   assert len(losses) == 60 and np.all(np.isfinite(losses))
-  assert losses[-20:].mean() < 0.9 * losses[:20].mean(), (losses[:20].mean(), losses[-20:].mean())
+  assert losses[-20:].mean() < 0.95 * losses[:20].mean(), (losses[:20].mean(), losses[-20:].mean())
+  assert np.polyfit(np.arange(60), losses, 1)[0] < 0  # a falling trend, not one lucky window
   if "precision" in overrides:
     assert trainer.model.get_layer("group1_block1_conv1").compute_dtype == "bfloat16"
     assert trainer.model.get_layer("heads").variable_dtype == "float32"

@@ -162,3 +162,11 @@ def test_real_cifar10_folder_two_epochs(cifar10_folder, tmp_path):
   print("CIFAR-10 folder, WRN-10-1, M=2, 2 epochs, 10k subset: top1", results["top1"])
   assert results["num_examples"] == 10000
   assert results["top1"] >= 0.20, results
+
+
+def test_warmup_matches_official_step_counts(tmp_path):
+  """b x ceil(N / B) steps per warmup epoch: 782 / 1564 / 3128 for CIFAR's 50,000 at B = 64."""
+  for b in (1, 2, 4):
+    trainer = train.Trainer(tiny_config(tmp_path / str(b), batch_repetitions=b, batch_size=64))
+    assert trainer.warmup_steps() == b * -(-1438 // 64)
+    assert trainer.steps_per_epoch == 1438 // (64 // b)
