@@ -151,17 +151,19 @@ def test_training_runs_all_methods_two_steps(tmp_path):
 def test_real_cifar10_folder_two_epochs(cifar10_folder, tmp_path):
   """WRN-10-1, M = 2, two epochs on 10k real CIFAR-10 JPEGs through --dataset=folder.
 
-  Measured 2026-11-26: 25.5% (vanilla M = 1 in the same budget: 31.7%); seven LR / batch / b /
-  mixing settings all gave 22-27% for M = 2 (BUILD_NOTES.md). The bar is twice chance.
+  Measured 2026-11-26 (BUILD_NOTES.md), this configuration (MIMO mixing, kappa = 1/2, input
+  repetition 0.5, batch 32): 30.9% (members 30.7%). Cut-MixMo in the same budget: 27.9%; the
+  vanilla network (M = 1): 31.7%. The bar leaves a margin for platform float differences.
   """
   config = tiny_config(tmp_path, dataset="folder", data_dir=str(cifar10_folder),
-                       train_subset=10000, epochs=2, batch_size=64, batch_repetitions=1,
-                       base_learning_rate=0.2, lr_warmup_epochs=0.2, lr_decay_epochs=(2,),
+                       train_subset=10000, epochs=2, batch_size=32, batch_repetitions=1,
+                       mixing="mimo", weight_root=1.0, input_repetition_probability=0.5,
+                       base_learning_rate=0.4, lr_warmup_epochs=0.1, lr_decay_epochs=(2,),
                        eval_frequency=2)
   results = train.run(config)
   print("CIFAR-10 folder, WRN-10-1, M=2, 2 epochs, 10k subset: top1", results["top1"])
   assert results["num_examples"] == 10000
-  assert results["top1"] >= 0.20, results
+  assert results["top1"] >= 0.28, results
 
 
 def test_warmup_matches_official_step_counts(tmp_path):
