@@ -117,19 +117,26 @@ def corruption_results(predictor, kind: str, directory: str = "", mode: str = "l
   return corruptions.evaluate_corruptions(predictor, datasets, mode)
 
 
-def markdown_row(name: str, results: Dict) -> str:
+TIMING_COLUMNS = (("train min", "train_seconds", 1 / 60, 1),
+                  ("img/s", "train_images_per_second", 1, 0))
+
+
+def markdown_row(name: str, results: Dict, columns=TABLE_COLUMNS) -> str:
   """One Markdown table row in the layout of Table 1 (percentages for accuracies and ECE)."""
   cells = [name]
-  for _, key, scale, digits in TABLE_COLUMNS:
+  for _, key, scale, digits in columns:
     value = results.get(key)
-    cells.append("-" if value is None else f"{value * scale:.{digits}f}")
+    if value is None:
+      cells.append("-")
+    else:  # scale None: a preformatted cell.
+      cells.append(str(value) if scale is None else f"{value * scale:.{digits}f}")
   return "| " + " | ".join(cells) + " |"
 
 
-def markdown_table(rows: Dict[str, Dict]) -> str:
-  header = "| run | " + " | ".join(c[0] for c in TABLE_COLUMNS) + " |"
-  rule = "|" + "---|" * (len(TABLE_COLUMNS) + 1)
-  return "\n".join([header, rule] + [markdown_row(n, r) for n, r in rows.items()]) + "\n"
+def markdown_table(rows: Dict[str, Dict], columns=TABLE_COLUMNS) -> str:
+  header = "| run | " + " | ".join(c[0] for c in columns) + " |"
+  rule = "|" + "---|" * (len(columns) + 1)
+  return "\n".join([header, rule] + [markdown_row(n, r, columns) for n, r in rows.items()]) + "\n"
 
 
 def evaluate_path(path: str, output_dir: Optional[str] = None, ensemble: Optional[str] = None,

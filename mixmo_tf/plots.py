@@ -8,7 +8,7 @@ Fig. 4a (L1 norms of the stems' filters) and Fig. 4b (fraction of active trunk f
 from __future__ import annotations
 
 import os
-from typing import List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import matplotlib
 
@@ -182,6 +182,25 @@ def member_vs_ensemble(logits, labels, path: str, mode: str = "logits") -> str:
   ax.set_ylim(0, 105)
   ax.set_ylabel("Top-1 (%)")
   ax.set_title(f"Members vs ensemble, N = {len(labels)}")
+  return _save(fig, path)
+
+
+def learning_curves(curves: Dict[str, Sequence[Tuple[int, float]]], path: str,
+                    title: str = "Test Top-1 per epoch") -> str:
+  """Test Top-1 (%) against epoch, one line per run; curves maps run name -> [(epoch, top1)]."""
+  if not curves:
+    raise ValueError("learning_curves needs at least one run's [(epoch, top1)] values.")
+  fig, ax = plt.subplots(figsize=FIGSIZE)
+  for name, values in curves.items():
+    values = np.asarray(values, np.float64)
+    if values.ndim != 2 or values.shape[1] != 2 or not len(values):
+      raise ValueError(f"Run {name!r}: expected [(epoch, top1), ...], got shape {values.shape}.")
+    ax.plot(values[:, 0], 100 * values[:, 1], marker="o", markersize=3, label=name)
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("test Top-1 (%)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  ax.set_title(title)
   return _save(fig, path)
 
 

@@ -104,3 +104,36 @@ def test_tables_tool_reads_every_kind_of_run(tmp_path, capsys):
   assert lines[3].startswith("| b | 75.00 | 90.00 |") and lines[4].startswith("| de | 80.00 |")
   with pytest.raises(ValueError, match="none of"):
     tables.load_run_metrics(str(tmp_path))
+
+
+def test_tables_tool_members_timing_and_curves(tmp_path, capsys):
+  """--members lists each member's Top-1, --timing converts seconds to minutes, --curves draws
+  one line per run that recorded test_top1_per_epoch (in matplotlib's first two colours)."""
+  import json
+  from PIL import Image
+  from mixmo_tf import tables
+  runs = {"van": {"top1": 0.7, "top1_member_0": 0.7, "train_seconds": 90.0,
+                  "train_images_per_second": 250.4, "test_top1_per_epoch": [[1, 0.5], [2, 0.7]]},
+          "mix": {"top1": 0.8, "top1_member_0": 0.75, "top1_member_1": 0.7625,
+                  "diversity_dre": 0.5, "test_top1_per_epoch": [[1, 0.4], [2, 0.8]]},
+          "old": {"top1": 0.6}}
+  for name, values in runs.items():
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "results.json").write_text(json.dumps(values))
+  png = tmp_path / "curves.png"
+  tables.main([str(tmp_path / n) for n in runs] + ["--members", "--timing", f"--curves={png}"])
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == ("| run | Top-1 | Top-5 | NLL | NLL_c | ECE | members Top-1 | d_re | train min"
+                      " | img/s |")
+  assert lines[2] == "| van | 70.00 | - | - | - | - | 70.00 | - | 1.5 | 250 |"
+  assert lines[3] == "| mix | 80.00 | - | - | - | - | 75.00 / 76.25 | 0.500 | - | - |"
+  assert lines[4] == "| old | 60.00 | - | - | - | - | - | - | - | - |"
+  assert tables.curves([str(tmp_path / n) for n in runs]) == {
+      "van": [(1, 0.5), (2, 0.7)], "mix": [(1, 0.4), (2, 0.8)]}
+  with Image.open(png) as image:
+    assert image.size == (600, 400)
+    pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
+  for colour in ((31, 119, 180), (255, 127, 14)):  # tab:blue, tab:orange: both runs drawn.
+    assert (np.abs(pixels - colour).sum(axis=1) < 10).sum() > 50, colour
+  with pytest.raises(SystemExit, match="no run recorded"):
+    tables.main([str(tmp_path / "old"), f"--curves={tmp_path / 'none.png'}"])
