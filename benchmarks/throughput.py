@@ -13,7 +13,6 @@ synthetic uint8 batches to the real step functions, so only the model and the st
 """
 
 import argparse
-import dataclasses
 import os
 import statistics
 import sys
@@ -28,7 +27,7 @@ import tensorflow as tf  # noqa: E402
 
 from mixmo_tf import data as data_lib  # noqa: E402
 from mixmo_tf.config import Config  # noqa: E402
-from mixmo_tf.train import Trainer  # noqa: E402
+from mixmo_tf.train import build_trainer  # noqa: E402
 
 
 def compare_rates(fns, images_per_call, warmup=3, repeats=7, calls=3):
@@ -51,7 +50,7 @@ def make_trainer(width, members, jit=False, precision="float32", depth=28):
                   num_members=members, batch_repetitions=1 if members == 1 else 2,
                   mixing="cutmix", batch_size=64, epochs=1, jit_compile=jit, precision=precision,
                   output_dir=tempfile.mkdtemp(), log_every_steps=10**9)
-  return Trainer(config, tf.distribute.OneDeviceStrategy("/cpu:0"))
+  return build_trainer(config, tf.distribute.OneDeviceStrategy("/cpu:0"))
 
 
 def train_step_fn(trainer):
@@ -64,7 +63,7 @@ def train_step_fn(trainer):
   epoch = tf.constant(1, tf.int64)
 
   def run():
-    loss, _ = trainer._train_step_fn(batch, step.read_value(), epoch)
+    loss, _ = trainer.train_step(batch, step.read_value(), epoch)
     step.assign_add(1)
     loss.numpy()
   return run

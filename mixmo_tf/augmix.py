@@ -1,4 +1,4 @@
-"""AugMix as OFF applies it for the CIFAR-100-c study (REFERENCE 9, Table 4), in pure TensorFlow.
+"""AugMix as OFF applies it for the CIFAR-100-c study (docs/method.md §9, Table 4), in pure TensorFlow.
 
 Per image: 3 chains, each of 1-4 ops drawn uniformly from `OPS` (no autocontrast) at severity 3,
 i.e. 10% of each op's range (rotate 3 deg, shear 0.03, translate 4.5% of the size, posterize
@@ -19,7 +19,7 @@ from typing import Callable, Dict, Sequence
 import tensorflow as tf
 
 # Value of pixels that geometric ops bring in from outside the image: 0 (black), PIL's default
-# fill and hence what OFF's AugMix produces (REFERENCE 9).
+# fill and hence what OFF's AugMix produces (docs/method.md §9).
 FILL_VALUE = 0.0
 
 # Each op's full range; severity s uses the fraction s / 30 of it (OFF: s = 3 -> 10%).
@@ -56,7 +56,7 @@ def _with_shape_of(out, image):
 
 
 def identity(image):
-  """Returns the image unchanged (one of OFF's ten AugMix ops, REFERENCE 9)."""
+  """Returns the image unchanged (one of OFF's ten AugMix ops, docs/method.md §9)."""
   return tf.convert_to_tensor(image, tf.float32)
 
 
@@ -66,7 +66,7 @@ def invert(image):
 
 
 def posterize(image, bits: int = 4):
-  """Keeps the top `bits` bits of each uint8 value, as PIL ImageOps.posterize (REFERENCE 9: 4)."""
+  """Keeps the top `bits` bits of each uint8 value, as PIL ImageOps.posterize (docs/method.md §9: 4)."""
   if not 1 <= int(bits) <= 8:
     raise ValueError(f"posterize bits must be in 1..8, got {bits!r}.")
   image = tf.convert_to_tensor(image, tf.float32)
@@ -77,7 +77,7 @@ def posterize(image, bits: int = 4):
 def solarize(image, threshold=25.6):
   """Inverts (1 - x) pixels whose uint8 value is >= threshold (of 256), as PIL ImageOps.solarize.
 
-  REFERENCE 9: threshold 25.6 at severity 3, i.e. every value >= 26 (x >= ~0.1) is inverted.
+  docs/method.md §9: threshold 25.6 at severity 3, i.e. every value >= 26 (x >= ~0.1) is inverted.
   """
   image = tf.convert_to_tensor(image, tf.float32)
   above = tf.cast(_to_levels(image), tf.float32) >= tf.cast(threshold, tf.float32)
@@ -136,7 +136,7 @@ def _size(image):
 def rotate(image, degrees):
   """Rotates counter-clockwise by `degrees` about the image centre, as PIL Image.rotate.
 
-  REFERENCE 9: 3 degrees at severity 3, sign drawn at random.
+  docs/method.md §9: 3 degrees at severity 3, sign drawn at random.
   """
   image = tf.convert_to_tensor(image, tf.float32)
   height, width = _size(image)
@@ -183,7 +183,7 @@ def posterize_bits(level: float) -> int:
 
 
 # name -> op(image, level, sign); level = severity / 30 in [0, 1] (a Python float), sign = +-1.
-# Order and members as OFF's augment_list without autocontrast (REFERENCE 9); unsigned ops
+# Order and members as OFF's augment_list without autocontrast (docs/method.md §9); unsigned ops
 # ignore `sign`, level-free ones ignore `level`.
 OPS: Dict[str, Callable] = {
     "identity": lambda image, level, sign: identity(image),
@@ -207,7 +207,7 @@ def _apply_op(image, index, level: float, sign, ops: Sequence[Callable]):
 
 
 def augmix(image, seed, width: int = 3, max_depth: int = 4, severity: int = 3):
-  """AugMix of one image (REFERENCE 9): (1 - m) x + m sum_j w_j chain_j(x), float32 in [0, 1].
+  """AugMix of one image (docs/method.md §9): (1 - m) x + m sum_j w_j chain_j(x), float32 in [0, 1].
 
   Usable in `tf.data.Dataset.map`; deterministic given `seed`. Normalisation is left to the
   caller: it is affine, so normalising this blend equals blending normalised images as OFF does.

@@ -1,8 +1,10 @@
 """Run configuration: absl flag definitions (entry points only) and the frozen `Config` they build.
 
-Library code receives a `Config`; only `train.py` / `evaluate.py` / `export.py` read flags, through
-`define_flags()` and `config_from_flags()`. `Config.validate()` rejects bad values before any data is
-read, naming the flag and the allowed values.
+Library code receives a `Config`. The training entry points (`mixmo_tf.train`,
+`baselines.ensemble`) define one flag per field with `define_flags()` and build the Config with
+`config_from_flags()`; `evaluate` and `export` read a run's saved `config.json` instead.
+`Config.validate()` rejects bad values before any data is read, naming the flag and the allowed
+values.
 """
 
 from __future__ import annotations
@@ -13,19 +15,21 @@ import os
 from typing import Tuple
 
 from mixmo_tf import mixing
+from mixmo_tf.model_args import MODELS, model_argument_errors
 
 DATASETS = ("digits", "folder", "cifar10", "cifar100", "tiny_imagenet")
-MODELS = ("wide_resnet", "preact_resnet18")
 MSDA = ("none", "mixup", "cutmix")
 ENSEMBLE = ("logits", "probs")
 STRATEGIES = ("mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 CORRUPTIONS = ("none", "cifar10_c", "cifar100_c")
 
-# Flags that fix the model or the data: resuming an output_dir with other values is an error.
-# Also the flags that map a step to an epoch, a data order and a learning rate.
-ARCHITECTURE_KEYS = ("dataset", "model", "depth", "width", "num_members", "image_size",
-                     "train_subset", "batch_size", "batch_repetitions", "seed")
+# Resuming an output_dir with other values of these flags is an error: the first fix the network
+# and the data it was built for, the second map a step to an epoch, a data order, random draws
+# and a learning rate.
+ARCHITECTURE_KEYS = ("dataset", "model", "depth", "width", "num_members", "image_size")
+SCHEDULE_KEYS = ("train_subset", "batch_size", "batch_repetitions", "seed")
+RESUME_KEYS = ARCHITECTURE_KEYS + SCHEDULE_KEYS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +39,7 @@ class Config:
   dataset: str = "cifar100"
   data_dir: str = ""
   image_size: int = 0  # 0: the dataset's native size.
-  train_subset: int = 0  # 0: all training examples; N: the first N (fixed order), for quick runs.
+  train_subset: int = 0  # 0: all; N: a fixed random subset of N (seed 0), for quick runs.
   # Model.
   model: str = "wide_resnet"
   depth: int = 28
@@ -55,7 +59,7 @@ class Config:
   augmix_width: int = 3
   augmix_depth: int = 4
   augmix_severity: int = 3
-  # Optimisation (REFERENCE 7): lr0 = base_learning_rate * (batch_size / b) / 128.
+  # Optimisation (docs/method.md §7): lr0 = base_learning_rate * (batch_size / b) / 128.
   batch_size: int = 64  # Global, counted with repetitions.
   epochs: int = 300
   base_learning_rate: float = 0.1
@@ -87,7 +91,7 @@ class Config:
 
   @property
   def base_lr(self) -> float:
-    """lr0, scaled with the unique samples per step (REFERENCE 6.6)."""
+    """lr0, scaled with the unique samples per step (docs/method.md §6.6)."""
     return self.base_learning_rate * self.unique_batch_size / 128.0
 
   def validate(self, num_replicas: int = 1) -> "Config":
@@ -99,6 +103,9 @@ class Config:
 
     choice("dataset", DATASETS)
     choice("model", MODELS)
+    for name, _, expected in model_argument_errors(self.model, self.depth, self.width,
+                                                   self.num_members)[:1]:
+      raise ValueError(f"--{name}={getattr(self, name)!r} is not valid; expected {expected}.")
     choice("mixing", mixing.mixing_methods())
     choice("msda", MSDA)
     choice("ensemble", ENSEMBLE)
@@ -113,7 +120,6 @@ class Config:
       if not ok:
         raise ValueError(f"--{name}={getattr(self, name)!r} is not valid; expected {allowed}.")
 
-    check(self.num_members >= 1, "num_members", "an integer >= 1")
     check(self.alpha > 0, "alpha", "a value > 0")
     check(self.msda_alpha > 0, "msda_alpha", "a value > 0")
     check(self.weight_root > 0, "weight_root", "a value > 0")
@@ -125,10 +131,6 @@ class Config:
     check(self.augmix_depth >= 1, "augmix_depth", "an integer >= 1")
     check(0 <= self.augmix_severity <= 30, "augmix_severity", "an integer in [0, 30]")
     check(self.batch_repetitions >= 1, "batch_repetitions", "an integer >= 1")
-    check(self.width >= 1, "width", "an integer >= 1")
-    if self.model == "wide_resnet":
-      check(self.depth >= 10 and (self.depth - 4) % 6 == 0, "depth",
-            "6n + 4 for WRN (10, 16, 22, 28, ...)")
     check(self.epochs >= 1, "epochs", "an integer >= 1")
     check(self.base_learning_rate > 0, "base_learning_rate", "a value > 0")
     check(self.l2 >= 0, "l2", "a value >= 0")
@@ -198,7 +200,7 @@ def define_flags(flag_values=None):
                  "--data_dir), cifar10 / cifar100 (TFDS), tiny_imagenet (released layout).",
       "data_dir": "TFDS data_dir, or the root of a folder / Tiny ImageNet dataset.",
       "image_size": "Resize images to this square size (0: the dataset's native size).",
-      "train_subset": "Train on the first N training examples only (0: all).",
+      "train_subset": "Train on a fixed random subset of N training examples (0: all).",
       "model": "Network: wide_resnet (CIFAR) or preact_resnet18 (64x64 inputs).",
       "depth": "WRN depth, 6n + 4.",
       "width": "WRN / PreActResNet width multiplier.",
@@ -215,7 +217,7 @@ def define_flags(flag_values=None):
       "msda": "Pixel-level mixed sample data augmentation: none, mixup or cutmix.",
       "msda_alpha": "MSDA lambda ~ Beta(msda_alpha, msda_alpha).",
       "msda_probability": "Probability that an example is MSDA-mixed.",
-      "augmix": "AugMix each training image (before MSDA and mixing; REFERENCE 9).",
+      "augmix": "AugMix each training image (before MSDA and mixing; docs/method.md §9).",
       "augmix_width": "AugMix chains.",
       "augmix_depth": "Maximum AugMix chain depth (uniform in 1..depth).",
       "augmix_severity": "AugMix severity (3: 10% of each op's range).",
@@ -230,7 +232,7 @@ def define_flags(flag_values=None):
       "max_steps": "Stop after this many steps (0: train all epochs).",
       "ensemble": "Ensemble prediction: logits (softmax of the mean logit, as the paper) or "
                   "probs (mean of member probabilities).",
-      "corruptions": "At the end, also evaluate on corrupted test sets (REFERENCE 10.4): none, "
+      "corruptions": "At the end, also evaluate on corrupted test sets (docs/method.md §10.4): none, "
                      "cifar10_c (TFDS cifar10_corrupted) or cifar100_c (released .npy files).",
       "corruptions_dir": "CIFAR-100-C .npy folder, or the TFDS data_dir for cifar10_c.",
       "eval_frequency": "Evaluate on the test set every N epochs (and at the end).",

@@ -1,6 +1,6 @@
 """Robustness to common corruptions: CIFAR-10-C (TFDS) and CIFAR-100-C (released .npy files).
 
-REFERENCE 10.4: 19 corruptions x 5 severities, all pooled; Top-1, Top-5 and **uncalibrated** NLL of
+docs/method.md §10.4: 19 corruptions x 5 severities, all pooled; Top-1, Top-5 and **uncalibrated** NLL of
 the ensemble (no temperature scaling with corruptions), with the same normalisation as the clean
 test set (the predictor does it). A per corruption / severity breakdown is returned as well.
 """
@@ -13,8 +13,8 @@ from typing import Dict, Iterable, Iterator, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from mixmo_tf import evaluate
 from mixmo_tf import metrics
+from mixmo_tf.predict import predict_dataset
 
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -55,12 +55,11 @@ def cifar10_c_datasets(data_dir=None, corruptions: Sequence[str] = CIFAR10_C_COR
                        f"{CIFAR10_C_CORRUPTIONS}.")
 
   def generate():
-    import tensorflow_datasets as tfds
+    from mixmo_tf import tfds_data  # Prepared once under data_dir, never re-downloaded.
     for name in corruptions:
       for severity in severities:
-        ds = tfds.load(f"cifar10_corrupted/{name}_{severity}", split="test", as_supervised=True,
-                       data_dir=data_dir)
-        yield name, severity, ds.map(lambda x, y: (x, tf.cast(y, tf.int32)))
+        ds, _, _ = tfds_data.load_split(f"cifar10_corrupted/{name}_{severity}", "test", data_dir)
+        yield name, severity, ds
   return generate()
 
 
@@ -109,10 +108,9 @@ def _counts(member_logits, labels, mode: str) -> Dict[str, float]:
   """Top-1 / Top-5 correct counts and NLL sum of the ensemble (ties as metrics.top_k_accuracy)."""
   probs = metrics.ensemble_probs(member_logits, mode)
   labels = np.asarray(labels)
-  target = probs[np.arange(len(labels)), labels]
-  rank = (probs > target[:, None]).sum(axis=1)
-  return {"top1": int(np.sum(rank < 1)), "top5": int(np.sum(rank < 5)),
-          "nll": float(np.sum(-np.log(target + metrics.NLL_EPS))), "num_examples": len(labels)}
+  return {"top1": metrics.top_k_correct(probs, labels, 1),
+          "top5": metrics.top_k_correct(probs, labels, 5),
+          "nll": metrics.nll_sum(probs, labels), "num_examples": len(labels)}
 
 
 def _rates(counts: Dict[str, float]) -> Dict[str, float]:
@@ -123,9 +121,9 @@ def _rates(counts: Dict[str, float]) -> Dict[str, float]:
 
 def evaluate_corruptions(predictor, datasets: Iterable[CorruptedDataset], mode: str = "logits",
                          batch_size: int = 500) -> Dict:
-  """Pooled Top-1, Top-5 and uncalibrated NLL over all (corruption, severity) sets (REFERENCE 10.4).
+  """Pooled Top-1, Top-5 and uncalibrated NLL over all (corruption, severity) sets (docs/method.md §10.4).
 
-  `predictor` maps uint8 images [B, H, W, 3] to member logits [B, M, K] (e.g. evaluate.Predictor);
+  `predictor` maps uint8 images [B, H, W, 3] to member logits [B, M, K] (e.g. predict.Predictor);
   `mode` is the ensemble rule of metrics.ensemble_probs. Streams: only one set's logits are held
   at a time. Returns {"top1", "top5", "nll", "num_examples", "ensemble", "per_corruption":
   {name: {severity: {"top1", "top5", "nll", "num_examples"}}}}.
@@ -137,12 +135,8 @@ def evaluate_corruptions(predictor, datasets: Iterable[CorruptedDataset], mode: 
   for name, severity, ds in datasets:
     if severity in per_corruption.get(name, {}):
       raise ValueError(f"Corruption {name!r} severity {severity} was given twice.")
-    try:
-      logits, labels = evaluate.predict_dataset(predictor, ds, batch_size)
-    except ValueError as e:
-      if "concatenate" in str(e):  # np.concatenate of no batches.
-        raise ValueError(f"Corruption {name!r} severity {severity} has no examples.") from e
-      raise
+    logits, labels = predict_dataset(predictor, ds, batch_size,
+                                     name=f"Corruption {name!r} severity {severity}")
     counts = _counts(logits, labels, mode)
     for key in total:
       total[key] += counts[key]

@@ -1,59 +1,63 @@
-"""Datasets, augmentation and MixMo batch repetition (REFERENCE 6 and 9).
+"""Datasets, train batches and per-copy augmentation (docs/method.md §6, §9).
 
 Datasets yield raw `(image uint8 [H, W, 3], label int32)` pairs; augmentation (pad-crop, flip) and
 normalisation run inside the train step on the device, per copy, from stateless seeds, so that each
-of the b repetitions of an example is augmented independently (REFERENCE 6.4) and a resumed run
-replays the same randomness.
+of the b repetitions of an example is augmented independently (docs/method.md §6.4) and a resumed
+run replays the same randomness.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-from typing import List, Sequence, Tuple
+from typing import Tuple
 
 import numpy as np
 import tensorflow as tf
 
-AUTOTUNE = tf.data.AUTOTUNE
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+from mixmo_tf.data_info import DataInfo
+from mixmo_tf.image_folder import decode_folder, list_image_folder, probe_size, subset_indices
 
-# OFF's CIFAR normalisation, used for CIFAR-10 and CIFAR-100 (REFERENCE 9).
+AUTOTUNE = tf.data.AUTOTUNE
+
+# The official CIFAR normalisation, used for CIFAR-10 and CIFAR-100 (docs/method.md §9).
 CIFAR_MEAN = (0.49137, 0.48235, 0.44667)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
-
-@dataclasses.dataclass(frozen=True)
-class DataInfo:
-  """What the driver needs to know about a dataset."""
-  name: str
-  num_classes: int
-  image_shape: Tuple[int, int, int]
-  num_train: int
-  num_test: int
-  mean: Tuple[float, float, float]
-  std: Tuple[float, float, float]
-  crop_padding: int  # Random crop after zero padding by this many pixels (0: no crop).
-  flip: bool  # Random horizontal flips.
-  class_names: Tuple[str, ...] = ()
+__all__ = ["DataInfo", "load", "train_batches", "steps_per_epoch", "random_crop_flip",
+           "normalize", "subset_dataset"]
 
 
 def load(config) -> Tuple[tf.data.Dataset, tf.data.Dataset, DataInfo]:
-  """Returns (train, test, info) for `config.dataset`; both datasets are cached, unbatched."""
+  """Returns (train, test, info) for `config.dataset`; both datasets are cached, unbatched.
+
+  `config.train_subset` keeps the same fixed random subset of the training set for every dataset
+  (`image_folder.subset_indices`); `config.image_size` resizes both splits.
+  """
   loaders = {"digits": _load_digits, "folder": _load_folder, "cifar10": _load_tfds,
              "cifar100": _load_tfds, "tiny_imagenet": _load_tiny_imagenet}
   train, test, info = loaders[config.dataset](config)
+  if config.dataset in ("cifar10", "cifar100"):  # The other loaders subset their file lists.
+    train, info = subset_dataset(train, info, config.train_subset)
   size = config.image_size
   if size and info.image_shape[:2] != (size, size):
     resize = lambda x, y: (tf.cast(tf.clip_by_value(tf.round(
         tf.image.resize(x, [size, size])), 0, 255), tf.uint8), y)
     train, test = train.map(resize), test.map(resize)
-    info = dataclasses.replace(info, image_shape=(size, size, 3),
-                               crop_padding=max(1, info.crop_padding * size // info.image_shape[0]))
-  if config.train_subset and config.train_subset < info.num_train:
-    train = train.take(config.train_subset)
-    info = dataclasses.replace(info, num_train=config.train_subset)
+    info = info.resized(size)
   return train.cache(), test.cache(), info
+
+
+def subset_dataset(ds: tf.data.Dataset, info: DataInfo, subset: int):
+  """The fixed training subset of a tf.data source (the loaders that list files subset the list
+  instead, with the same indices)."""
+  keep = subset_indices(info.num_train, subset)
+  if len(keep) == info.num_train:
+    return ds, info
+  selected = np.zeros(info.num_train, bool)
+  selected[keep] = True
+  selected = tf.constant(selected)
+  ds = ds.enumerate().filter(lambda i, example: tf.gather(selected, i)).map(lambda i, ex: ex)
+  return ds, dataclasses.replace(info, num_train=len(keep))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,7 +77,8 @@ def _load_digits(config):
     idx = rng.permutation(np.flatnonzero(labels == c))
     test_mask[idx[:int(round(0.2 * len(idx)))]] = True
   train_x, train_y = images[~test_mask], labels[~test_mask]
-  train_x, train_y = _maybe_subset_arrays(train_x, train_y, config.train_subset)
+  keep = subset_indices(len(train_y), config.train_subset)
+  train_x, train_y = train_x[keep], train_y[keep]
   mean = tuple(float(m) for m in (train_x / 255.0).mean(axis=(0, 1, 2)))
   std = tuple(float(s) for s in (train_x / 255.0).std(axis=(0, 1, 2)))
   info = DataInfo("digits", 10, (8, 8, 3), len(train_y), int(test_mask.sum()), mean, std,
@@ -82,86 +87,8 @@ def _load_digits(config):
           tf.data.Dataset.from_tensor_slices((images[test_mask], labels[test_mask])), info)
 
 
-def _maybe_subset_arrays(x, y, subset):
-  if subset and subset < len(y):
-    keep = np.random.RandomState(0).permutation(len(y))[:subset]
-    return x[np.sort(keep)], y[np.sort(keep)]
-  return x, y
-
-
 # ---------------------------------------------------------------------------------------------
 # Class-folder image trees: root/train/<class>/*, root/test/<class>/*; class index = sorted name.
-
-
-def list_image_folder(root: str, split: str) -> Tuple[List[str], List[int], List[str]]:
-  """Lists `root/split/<class>/<image>` files; raises ValueError naming what is wrong."""
-  split_dir = os.path.join(root, split)
-  if not os.path.isdir(split_dir):
-    raise ValueError(f"Folder dataset {root!r} has no {split!r} directory ({split_dir}).")
-  classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
-  if not classes:
-    raise ValueError(f"{split_dir} has no class folders.")
-  paths, labels = [], []
-  for label, name in enumerate(classes):
-    class_dir = os.path.join(split_dir, name)
-    files = sorted(e.path for e in os.scandir(class_dir)
-                   if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
-    if not files:
-      raise ValueError(f"Class folder {class_dir} contains no images ({', '.join(IMAGE_EXTENSIONS)}).")
-    paths += files
-    labels += [label] * len(files)
-  return paths, labels, classes
-
-
-def decode_images(paths: Sequence[str], labels: Sequence[int], image_size: int) -> tf.data.Dataset:
-  """Reads and decodes image files to uint8 RGB [S, S, 3] (grayscale and RGBA are converted)."""
-
-  def read(path, label):
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    image = tf.ensure_shape(image, [None, None, 3])
-    same = tf.reduce_all(tf.shape(image)[:2] == image_size)
-    image = tf.cond(same, lambda: image, lambda: tf.cast(
-        tf.clip_by_value(tf.round(tf.image.resize(image, [image_size, image_size])), 0, 255),
-        tf.uint8))
-    return tf.ensure_shape(image, [image_size, image_size, 3]), label
-
-  ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.int32)))
-  return ds.map(read, num_parallel_calls=AUTOTUNE, deterministic=True)
-
-
-def decode_folder(paths: Sequence[str], labels: Sequence[int], image_size: int,
-                  chunk: int = 1024) -> tf.data.Dataset:
-  """Decodes every image once, up front, into memory; a bad file fails here, named.
-
-  tf.data decode errors do not say which file failed; decoding in chunks lets the loader find the
-  culprit in the failing chunk and raise a ValueError naming it (grayscale and RGBA are converted
-  to RGB, other sizes resized).
-  """
-  images, done = [], 0
-  iterator = iter(decode_images(paths, labels, image_size).batch(chunk))
-  while done < len(paths):
-    try:
-      batch, _ = next(iterator)
-    except tf.errors.InvalidArgumentError as error:
-      for path in paths[done:done + chunk]:
-        try:
-          tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as file_error:
-          raise ValueError(f"Cannot decode image {path}: {file_error.message}") from None
-      raise ValueError(f"Cannot decode an image among {paths[done:done + chunk][:3]}...: "
-                       f"{error.message}") from None
-    images.append(batch.numpy())
-    done += len(batch)
-  return tf.data.Dataset.from_tensor_slices((np.concatenate(images),
-                                             np.asarray(labels, np.int32)))
-
-
-def _probe_size(path):
-  try:
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-  except tf.errors.InvalidArgumentError as error:
-    raise ValueError(f"Cannot decode image {path}: {error.message}") from None
-  return int(image.shape[0])
 
 
 def _load_folder(config):
@@ -172,12 +99,10 @@ def _load_folder(config):
     only_test = sorted(set(test_classes) - set(classes))
     raise ValueError(f"Folder dataset {config.data_dir!r}: train and test classes differ "
                      f"(only in train: {only_train}; only in test: {only_test}).")
-  if config.train_subset and config.train_subset < len(train_paths):
-    # A fixed random subset (the folder order is sorted by class).
-    keep = np.sort(np.random.RandomState(0).permutation(len(train_paths))[:config.train_subset])
-    train_paths = [train_paths[i] for i in keep]
-    train_labels = [train_labels[i] for i in keep]
-  size = config.image_size or _probe_size(train_paths[0])
+  keep = subset_indices(len(train_paths), config.train_subset)
+  train_paths = [train_paths[i] for i in keep]
+  train_labels = [train_labels[i] for i in keep]
+  size = config.image_size or probe_size(train_paths[0])
   info = DataInfo("folder", len(classes), (size, size, 3), len(train_paths), len(test_paths),
                   CIFAR_MEAN, CIFAR_STD, crop_padding=4 * size // 32, flip=True,
                   class_names=tuple(classes))
@@ -190,25 +115,12 @@ def _load_folder(config):
 
 
 def _load_tfds(config):
-  import tensorflow_datasets as tfds
-  kwargs = dict(data_dir=config.data_dir or None, as_supervised=True, shuffle_files=False)
-  (train, test), ds_info = tfds.load(config.dataset, split=["train", "test"], with_info=True,
-                                     **kwargs)
-  num_classes = ds_info.features["label"].num_classes
-  cast = lambda x, y: (tf.cast(x, tf.uint8), tf.cast(y, tf.int32))
-  train, test = train.map(cast), test.map(cast)
-  num_train, num_test = _count(train, ds_info, "train"), _count(test, ds_info, "test")
+  from mixmo_tf import tfds_data  # Prepared once under --data_dir, never re-downloaded.
+  train, num_train, num_classes = tfds_data.load_split(config.dataset, "train", config.data_dir)
+  test, num_test, _ = tfds_data.load_split(config.dataset, "test", config.data_dir)
   info = DataInfo(config.dataset, num_classes, (32, 32, 3), num_train, num_test, CIFAR_MEAN,
                   CIFAR_STD, crop_padding=4, flip=True)
   return train, test, info
-
-
-def _count(ds, ds_info, split):
-  try:
-    return ds_info.splits[split].num_examples
-  except KeyError:  # e.g. under tfds.testing.mock_data, whose info has no splits.
-    cardinality = int(ds.cardinality())
-    return cardinality if cardinality >= 0 else int(ds.reduce(0, lambda n, _: n + 1))
 
 
 def _load_tiny_imagenet(config):
@@ -232,9 +144,9 @@ def train_batches(train: tf.data.Dataset, info: DataInfo, unique_batch_size: int
   """One epoch of shuffled batches of B/b unique raw examples (incomplete last batch dropped).
 
   With `partner_batch_size`, each element also carries that many MSDA partners drawn from the
-  whole training set by an independent shuffle (REFERENCE 12.14): ((x, y), (x_partner, y_partner)).
+  whole training set by an independent shuffle (docs/method.md §12.14): ((x, y), (x_partner, y_partner)).
   `augmix`: optional (width, depth, severity); AugMix runs here, once per unique example with a
-  seed from (seed, epoch, position), so the b copies of an example share its draws (REFERENCE 9)
+  seed from (seed, epoch, position), so the b copies of an example share its draws (docs/method.md §9)
   and yield float [0, 1] images.
   """
   ds = train.shuffle(info.num_train, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
@@ -266,7 +178,7 @@ def _augmix_fn(seed, epoch, stream, width, depth, severity):
 
 
 def steps_per_epoch(info: DataInfo, unique_batch_size: int) -> int:
-  """Steps per pass over the unique data: b times the b = 1 count (REFERENCE 6.6)."""
+  """Steps per pass over the unique data: b times the b = 1 count (docs/method.md §6.6)."""
   return info.num_train // unique_batch_size
 
 
@@ -296,29 +208,3 @@ def random_crop_flip(images, seed, padding: int, flip: bool):
 def normalize(images, mean, std):
   return (images - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
-
-def preprocess_eval(images, info: DataInfo):
-  """uint8 test images -> normalised float32 (no augmentation)."""
-  return normalize(tf.cast(images, tf.float32) / 255.0, info.mean, info.std)
-
-
-def member_indices(num_unique, num_members: int, batch_repetitions: int,
-                   input_repetition_probability: float, seed):
-  """Batch repetition and member pairing (REFERENCE 6): [M, B] indices into the unique batch.
-
-  Each unique index is repeated b times (B = b * num_unique entries); every member gets its own
-  random permutation of that list, so each example appears exactly b times per member, each time
-  beside independently drawn partners. The first floor(B * rho_ir) slots feed member 0's entry to
-  every member (MIMO input repetition).
-  """
-  size = num_unique * batch_repetitions
-  repeated = tf.repeat(tf.range(num_unique), batch_repetitions)
-  seeds = tf.random.experimental.stateless_split(seed, num_members)
-  perms = [tf.argsort(tf.random.stateless_uniform([size], seeds[i])) for i in range(num_members)]
-  indices = tf.gather(repeated, tf.stack(perms))  # [M, B]
-  if input_repetition_probability > 0 and num_members > 1:
-    num_shared = tf.cast(tf.floor(tf.cast(size, tf.float32) * input_repetition_probability),
-                         tf.int32)
-    same = tf.range(size) < num_shared
-    indices = tf.where(same[None, :], indices[:1], indices)
-  return indices

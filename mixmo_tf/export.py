@@ -7,12 +7,14 @@ The SavedModel needs only TensorFlow to load: no mixmo_tf, no Keras custom objec
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
 
 import tensorflow as tf
+
+from mixmo_tf import predict
+from mixmo_tf.data_info import load_data_info
 
 
 class _ServingModule(tf.Module):
@@ -20,9 +22,8 @@ class _ServingModule(tf.Module):
   def __init__(self, model, mean, std, image_shape, ensemble):
     super().__init__()
     self.model = model.folded()  # One stem instead of M: the same function, exactly (Sec. 3.1).
-    self._mean = tf.constant(mean, tf.float32)
-    self._std = tf.constant(std, tf.float32)
-    self._members = model.num_members
+    self._mean = tuple(mean)
+    self._std = tuple(std)
     self._ensemble = ensemble
     self._image_shape = tuple(image_shape)
     spec = tf.TensorSpec([None] + list(image_shape), tf.uint8, name="images")
@@ -39,14 +40,9 @@ class _ServingModule(tf.Module):
           message=f"expected {expected}")
     with tf.control_dependencies([size_ok]):
       images = tf.identity(images)
-    x = (tf.cast(images, tf.float32) / 255.0 - self._mean) / self._std
-    logits = tf.cast(self.model([x], training=False), tf.float32)
-    member_probs = tf.nn.softmax(logits, axis=-1)
-    if self._ensemble == "logits":
-      probs = tf.nn.softmax(tf.reduce_mean(logits, axis=1), axis=-1)
-    else:
-      probs = tf.reduce_mean(member_probs, axis=1)
-    return {"probs": probs, "member_probs": member_probs}
+    logits = predict.member_logits(self.model, predict.preprocess(images, self._mean, self._std))
+    return {"probs": predict.ensemble_probabilities(logits, self._ensemble),
+            "member_probs": tf.nn.softmax(logits, axis=-1)}
 
 
 def export_saved_model(model, info, path: str, ensemble: str = "logits") -> str:
@@ -61,25 +57,13 @@ def export_saved_model(model, info, path: str, ensemble: str = "logits") -> str:
   return path
 
 
-def save_data_info(info, path: str) -> None:
-  with open(path, "w") as f:
-    json.dump(dataclasses.asdict(info), f, indent=2)
-
-
-def load_data_info(path: str):
-  from mixmo_tf.data import DataInfo
-  with open(path) as f:
-    values = json.load(f)
-  for key in ("image_shape", "mean", "std", "class_names"):
-    values[key] = tuple(values[key])
-  return DataInfo(**values)
-
-
 def main(argv):
   del argv
   from absl import flags
   import keras
   run_dir = flags.FLAGS.run_dir
+  from mixmo_tf.run_lock import check_not_running
+  check_not_running(run_dir, flags.FLAGS.allow_running)
   export_dir = flags.FLAGS.export_dir or os.path.join(run_dir, "saved_model")
   model_path = os.path.join(run_dir, "model.keras")
   if not os.path.exists(model_path):
@@ -96,5 +80,6 @@ if __name__ == "__main__":
   from absl import app, flags
   flags.DEFINE_string("run_dir", None, "A finished training run's output_dir.")
   flags.DEFINE_string("export_dir", "", "Where to write the SavedModel (default run_dir/saved_model).")
+  flags.DEFINE_bool("allow_running", False, "Export a run that is still training.")
   flags.mark_flag_as_required("run_dir")
   app.run(main)

@@ -32,5 +32,5 @@ def mixmo_loss(targets, logits, kappa, weight_root: float) -> tf.Tensor:
 
 
 def l2_penalty(variables) -> tf.Tensor:
-  """sum of squares of all given variables (REFERENCE 5: every trainable parameter, BN included)."""
+  """sum of squares of all given variables (docs/method.md §5: every trainable parameter, BN included)."""
   return tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables])

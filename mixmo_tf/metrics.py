@@ -1,4 +1,4 @@
-"""Evaluation metrics of the paper (REFERENCE 10), on NumPy arrays of a whole test set.
+"""Evaluation metrics of the paper (docs/method.md §10), on NumPy arrays of a whole test set.
 
 Inputs are member logits [N, M, K] and integer labels [N]. The ensemble is the softmax of the mean
 member logit (the official implementation, whose numbers the paper reports) or, optionally, the mean
@@ -12,8 +12,8 @@ from typing import Dict
 
 import numpy as np
 
-NLL_EPS = 1e-12  # REFERENCE 10.2: NLL = mean(-log(p_y + 1e-12)).
-TEST_SPLIT_SEED = 31  # REFERENCE 10.3: the fixed half/half split of the test set.
+NLL_EPS = 1e-12  # docs/method.md §10.2: NLL = mean(-log(p_y + 1e-12)).
+TEST_SPLIT_SEED = 31  # docs/method.md §10.3: the fixed half/half split of the test set.
 
 
 def softmax(logits, axis=-1):
@@ -23,7 +23,7 @@ def softmax(logits, axis=-1):
 
 
 def ensemble_logits(member_logits) -> np.ndarray:
-  """Mean member logit [N, K] (REFERENCE 10.1)."""
+  """Mean member logit [N, K] (docs/method.md §10.1)."""
   return np.asarray(member_logits, np.float64).mean(axis=1)
 
 
@@ -37,8 +37,8 @@ def ensemble_probs(member_logits, mode: str = "logits") -> np.ndarray:
   raise ValueError(f"ensemble mode must be 'logits' or 'probs', got {mode!r}.")
 
 
-def top_k_accuracy(probs, labels, k: int = 1) -> float:
-  """Fraction whose label is among the k most probable classes.
+def top_k_correct(probs, labels, k: int = 1) -> int:
+  """How many labels are among the k most probable classes.
 
   Ties count in the label's favour, as `tf.math.in_top_k`: correct iff fewer than k classes have a
   strictly larger probability than the label's.
@@ -46,27 +46,44 @@ def top_k_accuracy(probs, labels, k: int = 1) -> float:
   probs = np.asarray(probs)
   target = probs[np.arange(len(labels)), labels]
   rank = (probs > target[:, None]).sum(axis=1)
-  return float(np.mean(rank < k))
+  return int(np.sum(rank < k))
+
+
+def top_k_accuracy(probs, labels, k: int = 1) -> float:
+  """Fraction whose label is among the k most probable classes (ties as `top_k_correct`)."""
+  return top_k_correct(probs, labels, k) / len(labels)
+
+
+def nll_sum(probs, labels) -> float:
+  """sum_n -log(p_n(y_n) + 1e-12) (docs/method.md §10.2)."""
+  probs = np.asarray(probs, np.float64)
+  return float(np.sum(-np.log(probs[np.arange(len(labels)), labels] + NLL_EPS)))
 
 
 def nll(probs, labels) -> float:
+  return nll_sum(probs, labels) / len(labels)
+
+
+def calibration_bins(probs, labels, num_bins: int = 15):
+  """Equal-width confidence bins (l, u] on [0, 1] (docs/method.md §10.2).
+
+  Returns (counts, accuracy, mean confidence) per bin, each [num_bins] (0 in empty bins).
+  """
   probs = np.asarray(probs, np.float64)
-  return float(np.mean(-np.log(probs[np.arange(len(labels)), labels] + NLL_EPS)))
+  confidence = probs.max(axis=1)
+  correct = (probs.argmax(axis=1) == np.asarray(labels)).astype(np.float64)
+  edges = np.linspace(0.0, 1.0, num_bins + 1)
+  bins = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, num_bins - 1)
+  counts = np.bincount(bins, minlength=num_bins)
+  accuracy = np.bincount(bins, weights=correct, minlength=num_bins) / np.maximum(counts, 1)
+  mean_conf = np.bincount(bins, weights=confidence, minlength=num_bins) / np.maximum(counts, 1)
+  return counts, accuracy, mean_conf
 
 
 def expected_calibration_error(probs, labels, num_bins: int = 15) -> float:
-  """ECE with equal-width confidence bins (l, u] on [0, 1] (REFERENCE 10.2)."""
-  probs = np.asarray(probs, np.float64)
-  confidence = probs.max(axis=1)
-  correct = (probs.argmax(axis=1) == labels).astype(np.float64)
-  edges = np.linspace(0.0, 1.0, num_bins + 1)
-  bins = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, num_bins - 1)
-  ece = 0.0
-  for b in range(num_bins):
-    in_bin = bins == b
-    if in_bin.any():
-      ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-  return float(ece)
+  """ECE = sum_b n_b / N |acc_b - conf_b| over `calibration_bins` (docs/method.md §10.2)."""
+  counts, accuracy, confidence = calibration_bins(probs, labels, num_bins)
+  return float(np.sum(counts / counts.sum() * np.abs(accuracy - confidence)))
 
 
 def ratio_error_diversity(member_logits, labels) -> float:
@@ -85,7 +102,7 @@ def ratio_error_diversity(member_logits, labels) -> float:
 
 
 def fit_temperature(logits, labels, max_iterations: int = 100) -> float:
-  """Temperature T minimising the NLL of softmax(logits / T) (REFERENCE 10.3).
+  """Temperature T minimising the NLL of softmax(logits / T) (docs/method.md §10.3).
 
   The NLL is convex in beta = 1/T, so Newton's method on beta reaches the global minimum the
   reference's L-BFGS restarts look for. Returns 1.0 if no beta > 0 improves on T = 1.
@@ -119,7 +136,7 @@ def fit_temperature(logits, labels, max_iterations: int = 100) -> float:
 
 
 def calibration_split(num_examples: int, seed: int = TEST_SPLIT_SEED):
-  """The fixed two halves of the test set (REFERENCE 10.3: shuffle 0..N-1 with legacy seed 31)."""
+  """The fixed two halves of the test set (docs/method.md §10.3: shuffle 0..N-1 with legacy seed 31)."""
   order = np.arange(num_examples)
   np.random.RandomState(seed).shuffle(order)
   half = num_examples // 2
@@ -131,7 +148,7 @@ def _prob_metrics(probs, labels, prefix=""):
 
 
 def calibrated_metrics(member_logits, labels, mode: str = "logits") -> Dict[str, float]:
-  """NLL_c and ECE_c by two-fold temperature scaling after averaging (REFERENCE 10.3).
+  """NLL_c and ECE_c by two-fold temperature scaling after averaging (docs/method.md §10.3).
 
   Fit T on half A, evaluate on half B, swap, and average the two halves' metrics. With
   mode='probs' the temperature scales the log of the averaged probabilities.

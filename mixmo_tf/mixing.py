@@ -2,7 +2,7 @@
 
 Sampling is split from applying (as Keras' CutMix/MixUp do): `sample_masks` draws per-example
 masks and their realised ratios with pure, stateless TF ops; `MixingLayer` applies them to the M
-stem feature maps. Masks live on the stems' output grid (REFERENCE 12.1).
+stem feature maps. Masks live on the stems' output grid (docs/method.md §12.1).
 
 Shapes use NHWC: masks are float32 [B, M, H, W, 1], kappa is float32 [B, M].
 """
@@ -65,7 +65,7 @@ def sample_kappa(batch_size, num_members: int, alpha: float, seed) -> tf.Tensor:
 
 @register_patch_sampler("cutmix")
 def cutmix_box(seed, kappa0, height: int, width: int) -> tf.Tensor:
-  """Binary box masks of area ratio ~kappa0, the reference procedure (REFERENCE 3.2, Eq. 2).
+  """Binary box masks of area ratio ~kappa0, the reference procedure (docs/method.md §3.2, Eq. 2).
 
   Sides floor(S * sqrt(kappa)), integer centre uniform on the grid, corners centre -/+ floor(side/2)
   clipped to the grid (half-open), so odd sides lose one pixel and border boxes are truncated.
@@ -90,7 +90,7 @@ def cutmix_box(seed, kappa0, height: int, width: int) -> tf.Tensor:
 
 def _concat_mask(seed, kappa0, length: int, other: int, axis: int):
   """Ones on the first floor(kappa * S) cells of one axis, or (per example, probability 1/2) on
-  its last floor((1 - kappa) * S) cells (REFERENCE 3.3)."""
+  its last floor((1 - kappa) * S) cells (docs/method.md §3.3)."""
   batch = tf.shape(kappa0)[0]
   positions = tf.range(length, dtype=tf.float32)[None, :]
   head = positions < tf.floor(kappa0 * length)[:, None]
@@ -121,7 +121,7 @@ PATCHUP_BLOCK = 7
 def patchup_2d(seed, kappa0, height: int, width: int) -> tf.Tensor:
   """PatchUp 2D, hard (Table 2): Bernoulli(gamma) block centres dilated by a 7x7 max-pool.
 
-  gamma = kappa * W^2 / (7^2 (W - 7 + 1)^2), the reference's DropBlock-style rate (REFERENCE 3.3);
+  gamma = kappa * W^2 / (7^2 (W - 7 + 1)^2), the reference's DropBlock-style rate (docs/method.md §3.3);
   the block shrinks to the grid on grids smaller than 7.
   """
   block = min(PATCHUP_BLOCK, height, width)
@@ -138,7 +138,7 @@ COWMASK_PROPORTION_RANGE = (0.2, 0.8)
 
 @register_patch_sampler("cowmask")
 def cow_mask(seed, kappa0, height: int, width: int) -> tf.Tensor:
-  """CowMask (Table 2; REFERENCE 3.3): thresholded Gaussian-blurred noise. kappa0 is ignored.
+  """CowMask (Table 2; docs/method.md §3.3): thresholded Gaussian-blurred noise. kappa0 is ignored.
 
   Proportion pi ~ U(0.2, 0.8), sigma log-uniform in [4, 16], a 97-tap separable Gaussian (each 1-D
   factor normalised by sqrt(2 pi sigma^2)) over N(0, 1) noise with zero padding; ones where the
@@ -168,7 +168,7 @@ FMIX_DECAY_POWER = 3.0
 def fmix(seed, kappa0, height: int, width: int) -> tf.Tensor:
   """FMix (Table 2): the top round(kappa * HW) cells of a low-pass Fourier-space random field.
 
-  Decay power 3, the FMix paper's default (the reference code has no FMix: REFERENCE 3.3).
+  Decay power 3, the FMix paper's default (the reference code has no FMix: docs/method.md §3.3).
   """
   batch = tf.shape(kappa0)[0]
   fy = np.fft.fftfreq(height)[:, None]
@@ -213,11 +213,11 @@ def sample_masks(batch_size, height: int, width: int, num_members: int, method: 
       registered patch sampler such as "cutmix" (binary masks, Eq. 2).
     alpha: Dirichlet / Beta concentration.
     patch_probability: p. Patch methods use the patch mask with probability p and the linear mask
-      otherwise, drawn once per batch as in the reference (REFERENCE 3.2 step 7, Sec. 4).
+      otherwise, drawn once per batch as in the reference (docs/method.md §3.2 step 7, Sec. 4).
     seed: int or [2] int32 tensor; the result is a pure function of it (and of batch_seed).
     batch_seed: optional seed of the per-batch draws (cut-vs-linear, role shuffle). Under data
       parallelism pass one shared by all replicas, so that the whole global batch takes one
-      decision (REFERENCE 3.2 step 7) while per-example draws differ per replica.
+      decision (docs/method.md §3.2 step 7) while per-example draws differ per replica.
 
   Returns:
     masks: float32 [B, M, H, W, 1], summing to 1 over M at every pixel.
@@ -243,7 +243,7 @@ def sample_masks(batch_size, height: int, width: int, num_members: int, method: 
   patch = PATCH_SAMPLERS[method](seed_patch, kappa[:, 0], height, width)
   use_patch = tf.random.stateless_uniform([], seed_coin) < tf.cast(patch_probability, tf.float32)
   masks = tf.where(use_patch, _patch_masks(patch, kappa), masks)
-  # Role shuffle, once per batch: the patched member is a random one (REFERENCE 3.2 step 6).
+  # Role shuffle, once per batch: the patched member is a random one (docs/method.md §3.2 step 6).
   perm = tf.argsort(tf.random.stateless_uniform([num_members], seed_perm))
   masks = tf.gather(masks, perm, axis=1)
   kappa = tf.reduce_mean(masks, axis=[2, 3, 4])

@@ -1,6 +1,6 @@
 """Pixel-level mixed sample data augmentation (Mixup, CutMix) and its MixMo interaction.
 
-REFERENCE 8: each example is mixed with probability p with a partner drawn from the whole training
+docs/method.md §8: each example is mixed with probability p with a partner drawn from the whole training
 set, lambda ~ Beta(alpha, alpha). CutMix keeps the example inside the box (lambda := box area).
 Combined with MixMo (Sec. 4.2), lambda is re-estimated on what survives the member's feature mask,
 and the paste is reversed when the example would hold less than half of the visible area.
@@ -17,7 +17,7 @@ MSDA_METHODS = ("mixup", "cutmix")
 
 
 def visible_ratio(box, feature_mask):
-  """lambda' = mean(B * m) / (mean(m) + 1e-8) per example (REFERENCE 8.2 step 1).
+  """lambda' = mean(B * m) / (mean(m) + 1e-8) per example (docs/method.md §8.2 step 1).
 
   box: [B, H, W] pixel mask; feature_mask: [B, h, w, 1] on the stems' grid. The box is average
   pooled to the feature grid first when the stem downsamples (Tiny ImageNet: 64 -> 32).
@@ -36,7 +36,7 @@ def apply_msda(images, targets, partner_images, partner_targets, seed, method: s
 
   Each example is mixed with probability `probability`; lambda ~ Beta(alpha, alpha) per example.
   With `feature_mask` [B, h, w, 1] (MixMo + CutMix), lambda is adjusted to the visible region and
-  the majority swap of REFERENCE 8.2 applies.
+  the majority swap of docs/method.md §8.2 applies.
   """
   if method not in MSDA_METHODS:
     raise ValueError(f"Unknown msda {method!r}; expected one of {MSDA_METHODS}.")

@@ -1,8 +1,7 @@
 """Headless PNG plots of a trained MixMo model: calibration, members vs ensemble, filter usage.
 
 `write_all` is what `python -m mixmo_tf.evaluate --plots` calls. The filter plots reproduce PAPER
-Fig. 4a (L1 norms of the stems' filters) and Fig. 4b (fraction of active trunk filters, REFERENCE
-10.6). Every figure is FIGSIZE at DPI (600x400 pixels) and closed after saving.
+Fig. 4a (L1 norms of the stems' filters) and Fig. 4b (fraction of active trunk filters, docs/method.md §10.6). Every figure is FIGSIZE at DPI (600x400 pixels) and closed after saving.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ from mixmo_tf import metrics  # noqa: E402
 
 FIGSIZE = (6, 4)  # Inches; with DPI gives 600x400 PNGs.
 DPI = 100
-ACTIVE_THRESHOLD = 0.4  # REFERENCE 10.6: PAPER counts a filter active at >= 0.4 x the layer max.
-SHORTCUT_SUFFIX = "_shortcut"  # 1x1 projection convs, skipped by OFF's notebook (REFERENCE 10.6).
+ACTIVE_THRESHOLD = 0.4  # docs/method.md §10.6: PAPER counts a filter active at >= 0.4 x the layer max.
+SHORTCUT_SUFFIX = "_shortcut"  # 1x1 projection convs, skipped by OFF's notebook (docs/method.md §10.6).
 
 
 def _save(fig, path: str) -> str:
@@ -63,7 +62,7 @@ def _stem_names(model) -> List[str]:
 
 
 def _trunk_convs(model):
-  """Trunk Conv2D layers (REFERENCE 10.6): all Conv2D but the M stems and the 1x1 `_shortcut`s."""
+  """Trunk Conv2D layers (docs/method.md §10.6): all Conv2D but the M stems and the 1x1 `_shortcut`s."""
   import keras
   stems = set(_stem_names(model))
   return [layer for layer in model.layers
@@ -72,20 +71,14 @@ def _trunk_convs(model):
 
 
 def reliability_diagram(probs, labels, path: str, num_bins: int = 15) -> str:
-  """Accuracy per confidence bin vs the diagonal, ECE in the title (REFERENCE 10.2 binning)."""
+  """Accuracy per confidence bin vs the diagonal, ECE in the title (docs/method.md §10.2 binning)."""
   probs = np.asarray(probs, np.float64)
   labels = np.asarray(labels)
   if probs.ndim != 2 or len(probs) != len(labels):
     raise ValueError(f"probs must be [N, K] with N = len(labels) = {len(labels)}, got shape "
                      f"{probs.shape}.")
-  confidence = probs.max(axis=1)
-  correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+  counts, accuracy, mean_conf = metrics.calibration_bins(probs, labels, num_bins)
   edges = np.linspace(0.0, 1.0, num_bins + 1)
-  # Same (l, u] bins as metrics.expected_calibration_error.
-  bins = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, num_bins - 1)
-  counts = np.bincount(bins, minlength=num_bins)
-  accuracy = np.bincount(bins, weights=correct, minlength=num_bins) / np.maximum(counts, 1)
-  mean_conf = np.bincount(bins, weights=confidence, minlength=num_bins) / np.maximum(counts, 1)
   centres = (edges[:-1] + edges[1:]) / 2
   width = 1.0 / num_bins
   filled = counts > 0
@@ -127,7 +120,7 @@ def stem_filter_norms(model, path: str) -> str:
 
 
 def active_filter_fraction(model, threshold: float = ACTIVE_THRESHOLD) -> List[Tuple[str, float]]:
-  """(layer name, fraction of active filters) per trunk conv (REFERENCE 10.6).
+  """(layer name, fraction of active filters) per trunk conv (docs/method.md §10.6).
 
   A filter is active when its L1 norm is >= threshold x the layer's largest (PAPER's inclusive
   rule; OFF's notebook uses strict >). An all-zero layer has no active filter.
@@ -160,7 +153,7 @@ def active_filters_plot(model, path: str, threshold: float = ACTIVE_THRESHOLD) -
 
 
 def member_vs_ensemble(logits, labels, path: str, mode: str = "logits") -> str:
-  """Top-1 of each member (softmax of its logits) next to the ensemble's (REFERENCE 10.1)."""
+  """Top-1 of each member (softmax of its logits) next to the ensemble's (docs/method.md §10.1)."""
   logits = np.asarray(logits, np.float64)
   labels = np.asarray(labels)
   if logits.ndim != 3 or len(logits) != len(labels):
@@ -215,3 +208,42 @@ def write_all(out_dir: str, logits, labels, mode: str = "logits", model=None) ->
     paths.append(stem_filter_norms(model, os.path.join(out_dir, "stem_filters.png")))
     paths.append(active_filters_plot(model, os.path.join(out_dir, "active_filters.png")))
   return paths
+
+
+def ood_score_histograms(in_scores, out_scores, path: str, title: str) -> str:
+  """Overlaid density histograms of one OOD score, in- vs out-of-distribution, on shared bins."""
+  from mixmo_tf import ood
+  in_scores = ood.check_scores(in_scores, "in_scores")
+  out_scores = ood.check_scores(out_scores, "out_scores")
+  bins = np.histogram_bin_edges(np.concatenate([in_scores, out_scores]), bins=30)
+  fig, ax = plt.subplots(figsize=FIGSIZE)
+  ax.hist(in_scores, bins=bins, density=True, alpha=0.5, color="tab:blue",
+          label=f"in-distribution (N = {len(in_scores)})")
+  ax.hist(out_scores, bins=bins, density=True, alpha=0.5, color="tab:red",
+          label=f"OOD (N = {len(out_scores)})")
+  ax.set_xlabel("score (higher = more likely OOD)")
+  ax.set_ylabel("density")
+  ax.set_title(title)
+  ax.legend()
+  return _save(fig, path)
+
+
+def ood_roc_curves(scores_by_name: Dict[str, Tuple[np.ndarray, np.ndarray]], path: str,
+                   title: str) -> str:
+  """ROC curve (OOD positive) of each score; scores_by_name maps name -> (in_scores, out_scores)."""
+  from mixmo_tf import ood
+  if not scores_by_name:
+    raise ValueError("ood_roc_curves needs at least one score's (in_scores, out_scores).")
+  fig, ax = plt.subplots(figsize=FIGSIZE)
+  for name, (in_scores, out_scores) in scores_by_name.items():
+    fpr, tpr = ood.roc_curve(in_scores, out_scores)
+    auroc = ood.detection_metrics(in_scores, out_scores)["auroc"]
+    ax.plot(fpr, tpr, label=f"{name} (AUROC {100 * auroc:.2f}%)")
+  ax.plot([0, 1], [0, 1], "k--", label="chance")
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1.01)
+  ax.set_xlabel("false positive rate (in-distribution flagged)")
+  ax.set_ylabel("true positive rate (OOD detected)")
+  ax.set_title(title)
+  ax.legend(loc="lower right", fontsize=8)
+  return _save(fig, path)

@@ -1,7 +1,8 @@
-"""Learning-rate and patch-probability schedules of the official MixMo runs (REFERENCE 4 and 7)."""
+"""Learning-rate and patch-probability schedules of the official MixMo runs (docs/method.md §4 and 7)."""
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import keras
@@ -25,7 +26,7 @@ def patch_probability(epoch, total_epochs, p0):
 
 @keras.saving.register_keras_serializable(package="mixmo_tf")
 class WarmupPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
-  """Step-wise linear warmup, then epoch-wise multiplicative decays (REFERENCE 7).
+  """Step-wise linear warmup, then epoch-wise multiplicative decays (docs/method.md §7).
 
   Step k (1-based) uses lr0 * k / T during the T warmup steps. A milestone m (1-based epoch) means
   epochs >= m use the LR multiplied by `decay_factor` once more. Keras passes the optimizer's
@@ -54,3 +55,10 @@ class WarmupPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
     return dict(base_learning_rate=self.base_learning_rate, steps_per_epoch=self.steps_per_epoch,
                 warmup_steps=self.warmup_steps, milestones=list(self.milestones),
                 decay_factor=self.decay_factor)
+
+
+def warmup_steps(num_train: int, batch_size: int, batch_repetitions: int,
+                 warmup_epochs: float = 1.0) -> int:
+  """Warmup length in steps: warmup_epochs x b x ceil(N / B), as the official configs count it
+  (782, 1564, 3128 on CIFAR's 50,000 at B = 64 for b = 1, 2, 4; docs/method.md §7.1)."""
+  return int(round(warmup_epochs * batch_repetitions * math.ceil(num_train / batch_size)))

@@ -1,4 +1,4 @@
-"""Tiny ImageNet from the released `tiny-imagenet-200` folder (REFERENCE 9).
+"""Tiny ImageNet from the released `tiny-imagenet-200` folder (docs/method.md §9).
 
 Train = `train/<wnid>/images/*.JPEG` (200 classes x 500); the 10,000 validation images are the test
 set, labelled from `val/val_annotations.txt`. Class index = position of the wnid in sorted order.
@@ -12,19 +12,19 @@ import collections
 import os
 from typing import List, Sequence, Tuple
 
-import numpy as np
 import tensorflow as tf
 
-from mixmo_tf.data import AUTOTUNE, IMAGE_EXTENSIONS, DataInfo
+from mixmo_tf.data_info import DataInfo
+from mixmo_tf.image_folder import decode_folder, list_images, subset_indices
 
 IMAGE_SIZE = 64
-# Normalisation to [-1, 1] (REFERENCE 9: mean 0.5, std 0.5 per channel).
+# Normalisation to [-1, 1] (docs/method.md §9: mean 0.5, std 0.5 per channel).
 TINY_MEAN = (0.5, 0.5, 0.5)
 TINY_STD = (0.5, 0.5, 0.5)
 
 
 def read_wnids(data_dir: str) -> List[str]:
-  """The class wnids of `data_dir/wnids.txt`, sorted: list index = class index (REFERENCE 9)."""
+  """The class wnids of `data_dir/wnids.txt`, sorted: list index = class index (docs/method.md §9)."""
   path = os.path.join(data_dir, "wnids.txt")
   if not os.path.isfile(path):
     raise ValueError(f"Tiny ImageNet folder {data_dir!r} has no wnids.txt ({path}).")
@@ -46,11 +46,7 @@ def _list_train(data_dir: str, wnids: Sequence[str]) -> Tuple[List[str], List[in
     if not os.path.isdir(images_dir):
       raise ValueError(f"Tiny ImageNet class {wnid!r} (from wnids.txt) has no training images "
                        f"folder {images_dir}.")
-    files = sorted(e.path for e in os.scandir(images_dir)
-                   if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
-    if not files:
-      raise ValueError(f"Training images folder {images_dir} contains no images "
-                       f"({', '.join(IMAGE_EXTENSIONS)}).")
+    files = list_images(images_dir)
     paths += files
     labels += [label] * len(files)
   return paths, labels
@@ -103,39 +99,25 @@ def list_tiny_imagenet(data_dir: str):
   return train_paths, train_labels, test_paths, test_labels, wnids
 
 
-def _decode(paths: Sequence[str], labels: Sequence[int]) -> tf.data.Dataset:
-  """Files -> (uint8 [64, 64, 3], int32); grayscale becomes RGB; another size fails naming it."""
-
-  def read(path, label):
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    check = tf.debugging.Assert(tf.reduce_all(tf.shape(image)[:2] == IMAGE_SIZE),
-                                ["Tiny ImageNet image is not 64x64:", path, tf.shape(image)])
-    with tf.control_dependencies([check]):
-      image = tf.identity(image)
-    return tf.ensure_shape(image, [IMAGE_SIZE, IMAGE_SIZE, 3]), label
-
-  ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.int32)))
-  return ds.map(read, num_parallel_calls=AUTOTUNE, deterministic=True)
-
-
 def load_tiny_imagenet(data_dir: str, train_subset: int = 0
                        ) -> Tuple[tf.data.Dataset, tf.data.Dataset, DataInfo]:
-  """Returns (train, test, info) for the unpacked `tiny-imagenet-200` folder (REFERENCE 9).
+  """Returns (train, test, info) for the unpacked `tiny-imagenet-200` folder (docs/method.md §9).
 
   Args:
     data_dir: the folder holding wnids.txt, train/ and val/.
-    train_subset: if > 0 (and smaller than the training set), keep a fixed random subset of the
-      training files (seed-0 permutation, kept in listing order), as `mixmo_tf.data` does.
+    train_subset: if > 0 (and smaller than the training set), keep the fixed random subset of the
+      training files that every loader keeps (`image_folder.subset_indices`).
   Returns:
-    Unbatched, uncached datasets of (uint8 [64, 64, 3], int32 label), and their DataInfo (train
-    augmentation: 4-pixel pad-crop and flip; normalisation mean = std = 0.5).
+    Unbatched datasets of (uint8 [64, 64, 3], int32 label), decoded once into memory (images of
+    another size are resized), and their DataInfo (train augmentation: 4-pixel pad-crop and flip;
+    normalisation mean = std = 0.5).
   """
   train_paths, train_labels, test_paths, test_labels, wnids = list_tiny_imagenet(data_dir)
-  if train_subset and train_subset < len(train_paths):
-    keep = np.sort(np.random.RandomState(0).permutation(len(train_paths))[:train_subset])
-    train_paths = [train_paths[i] for i in keep]
-    train_labels = [train_labels[i] for i in keep]
+  keep = subset_indices(len(train_paths), train_subset)
+  train_paths = [train_paths[i] for i in keep]
+  train_labels = [train_labels[i] for i in keep]
   info = DataInfo("tiny_imagenet", len(wnids), (IMAGE_SIZE, IMAGE_SIZE, 3), len(train_paths),
                   len(test_paths), TINY_MEAN, TINY_STD, crop_padding=4, flip=True,
                   class_names=tuple(wnids))
-  return _decode(train_paths, train_labels), _decode(test_paths, test_labels), info
+  return (decode_folder(train_paths, train_labels, IMAGE_SIZE),
+          decode_folder(test_paths, test_labels, IMAGE_SIZE), info)

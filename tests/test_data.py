@@ -1,4 +1,6 @@
-"""Datasets, augmentation and batch repetition (REFERENCE 6, 9)."""
+"""Datasets, augmentation and batch repetition (docs/method.md §6, 9)."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -6,12 +8,13 @@ import tensorflow as tf
 from PIL import Image
 
 from mixmo_tf import data as data_lib
+from mixmo_tf import step as step_lib
 from tests.helpers import tiny_config
 
 
 @pytest.mark.parametrize("members,reps", [(2, 2), (2, 4), (3, 1), (1, 2)])
 def test_each_example_appears_b_times_per_member(members, reps):
-  idx = data_lib.member_indices(16, members, reps, 0.0, tf.constant([3, 4])).numpy()
+  idx = step_lib.member_indices(16, members, reps, 0.0, tf.constant([3, 4])).numpy()
   assert idx.shape == (members, 16 * reps)
   for m in range(members):
     np.testing.assert_array_equal(np.bincount(idx[m], minlength=16), np.full(16, reps))
@@ -22,7 +25,7 @@ def test_each_example_appears_b_times_per_member(members, reps):
 
 
 def test_input_repetition_shares_leading_slots():
-  idx = data_lib.member_indices(16, 3, 4, 0.5, tf.constant([1, 2])).numpy()
+  idx = step_lib.member_indices(16, 3, 4, 0.5, tf.constant([1, 2])).numpy()
   assert np.all(idx[:, :32] == idx[:1, :32])
   assert not np.array_equal(idx[1, 32:], idx[0, 32:])
 
@@ -83,3 +86,29 @@ def test_folder_dataset_labels_by_sorted_class(tmp_path):
   np.testing.assert_array_equal(y.numpy(), [0, 0, 0, 1, 1, 1, 2, 2, 2])
   expected = np.asarray(Image.open(tmp_path / "train" / "ant" / "0.png"))
   np.testing.assert_array_equal(x[0].numpy(), expected)
+
+
+def test_resized_info_scales_crop_padding_and_keeps_none():
+  from mixmo_tf.data_info import DataInfo
+  info = DataInfo("x", 10, (32, 32, 3), 1, 1, (0.5,) * 3, (0.5,) * 3, 4, True)
+  assert info.resized(64).crop_padding == 8 and info.resized(64).image_shape == (64, 64, 3)
+  assert info.resized(8).crop_padding == 1  # never rounded down to no crop
+  no_crop = DataInfo("x", 10, (32, 32, 3), 1, 1, (0.5,) * 3, (0.5,) * 3, 0, False)
+  assert no_crop.resized(64).crop_padding == 0  # a dataset without crops gets none
+
+
+def test_train_subset_is_the_same_fixed_sample_for_every_loader(tmp_path):
+  from mixmo_tf.image_folder import subset_indices
+  keep = subset_indices(1438, 100)
+  assert len(keep) == 100 and np.all(np.diff(keep) > 0)
+  np.testing.assert_array_equal(keep, subset_indices(1438, 100))
+  full, _, _ = data_lib.load(tiny_config(tmp_path))
+  sub, _, info = data_lib.load(tiny_config(tmp_path, train_subset=100))
+  x_full = np.stack([x for x, _ in full.as_numpy_iterator()])
+  x_sub = np.stack([x for x, _ in sub.as_numpy_iterator()])
+  assert info.num_train == 100
+  np.testing.assert_array_equal(x_sub, x_full[keep])
+  # tf.data sources (TFDS) take the same indices through subset_dataset.
+  ds, sub_info = data_lib.subset_dataset(full, dataclasses.replace(info, num_train=1438), 100)
+  np.testing.assert_array_equal(np.stack([x for x, _ in ds.as_numpy_iterator()]), x_full[keep])
+  assert sub_info.num_train == 100

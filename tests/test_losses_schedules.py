@@ -41,7 +41,7 @@ def test_soft_cross_entropy_and_weighted_loss():
 
 
 def test_patch_probability_schedule():
-  # E = 300: 0.5 through epoch 275, 0.48 at 276, 0.02 at 299, 0 at 300 (REFERENCE 4).
+  # E = 300: 0.5 through epoch 275, 0.48 at 276, 0.02 at 299, 0 at 300 (docs/method.md §4).
   p = lambda e: float(patch_probability(e, 300, 0.5))
   assert p(1) == 0.5 and p(274) == 0.5
   np.testing.assert_allclose([p(275), p(276), p(299), p(300)], [0.5, 0.48, 0.02, 0.0], atol=1e-6)

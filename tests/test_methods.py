@@ -25,7 +25,7 @@ def test_table2_samplers_sum_to_one_and_track_kappa(method):
     if method in ("hconcat", "vconcat"):  # flipped examples hold the complement, 1 - kappa
       error = tf.minimum(error, tf.abs(realised - (1 - lam)))
       assert float(tf.reduce_max(error)) <= 1 / 32 + 1e-6
-    if method == "cutmix":  # floors and border clipping only shrink the box (REFERENCE 3.2)
+    if method == "cutmix":  # floors and border clipping only shrink the box (docs/method.md §3.2)
       assert float(tf.reduce_max(realised - lam)) <= 1e-6
     tol = {"patchup": 0.12, "cutmix": 0.25}.get(method, 0.04)
     assert float(tf.reduce_mean(error)) < tol, method
@@ -83,7 +83,7 @@ def test_msda_soft_label_mass_matches_mixed_area(method):
 
 
 def test_msda_ratio_under_feature_mask_hand_built():
-  """lambda' = mean(B * m) / mean(m), then the majority swap (REFERENCE 8.2)."""
+  """lambda' = mean(B * m) / mean(m), then the majority swap (docs/method.md §8.2)."""
   box = np.zeros((1, 4, 4), np.float32)
   box[0, :2, :] = 1.0  # pixel box: top half, mean 0.5
   feature = np.zeros((1, 4, 4, 1), np.float32)

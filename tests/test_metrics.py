@@ -1,4 +1,4 @@
-"""Metrics against independent computations on fixed inputs (REFERENCE 10)."""
+"""Metrics against independent computations on fixed inputs (docs/method.md §10)."""
 
 import numpy as np
 import pytest

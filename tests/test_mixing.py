@@ -11,7 +11,7 @@ from mixmo_tf.mixing import cutmix_box
 
 
 def reference_cutmix_kappa(n, size, rng):
-  """Plain NumPy transcription of the reference box procedure (REFERENCE 3.2 steps 1-5)."""
+  """Plain NumPy transcription of the reference box procedure (docs/method.md §3.2 steps 1-5)."""
   lam = rng.beta(2.0, 2.0, n)
   cut = np.floor(size * np.sqrt(lam)).astype(int)
   u = rng.integers(0, size, n)
@@ -56,12 +56,15 @@ def test_cutmix_kappa_distribution_matches_reference_procedure():
   ours = tf.reduce_mean(cutmix_box(tf.constant([5, 7]), tf.constant(lam), size, size), [1, 2])
   ref = reference_cutmix_kappa(n, size, np.random.default_rng(1))
   assert stats.ks_2samp(ours.numpy(), ref).pvalue > 0.01
-  # Truncation makes it differ from Beta(2, 2): a wrong (untruncated) sampler fails this.
-  assert stats.kstest(ref, stats.beta(2, 2).cdf).pvalue < 1e-6
-  # Through sample_masks (role shuffle included): min(kappa, 1 - kappa) is swap-invariant.
+  # Truncation makes the sampler's kappa differ from Beta(2, 2): an untruncated box fails this.
+  assert stats.kstest(ours.numpy(), stats.beta(2, 2).cdf).pvalue < 1e-6
+  # Through sample_masks (kappa drawn inside, role shuffle included): min(kappa, 1 - kappa) is
+  # swap-invariant, and follows the reference procedure, not the Beta(2, 2) it starts from.
   _, kappa = sample_masks(n, size, size, 2, "cutmix", patch_probability=1.0, seed=11)
   ours_min = np.minimum(kappa[:, 0], kappa[:, 1])
   assert stats.ks_2samp(ours_min, np.minimum(ref, 1 - ref)).pvalue > 0.01
+  beta = np.random.default_rng(2).beta(2, 2, n)
+  assert stats.ks_2samp(ours_min, np.minimum(beta, 1 - beta)).pvalue < 1e-6
 
 
 def test_linear_kappa_is_beta_2_2():

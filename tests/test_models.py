@@ -13,7 +13,7 @@ def trainable_count(model):
   return int(sum(np.prod(v.shape) for v in model.trainable_weights))
 
 
-# Official implementation's counts (REFERENCE 2.3 and issue 2), CIFAR-100 heads.
+# Official implementation's counts (docs/method.md §2.3 and issue 2), CIFAR-100 heads.
 @pytest.mark.parametrize("width,vanilla,mixmo", [(10, 36_536_884, 36_601_416),
                                                  (1, 375_348, 382_280),
                                                  (2, 1_479_220, 1_492_552),

@@ -1,4 +1,4 @@
-"""Tests of the plots (PAPER Fig. 4, REFERENCE 10.6) and of the corruption evaluation (10.4)."""
+"""Tests of the plots (PAPER Fig. 4, docs/method.md §10.6) and of the corruption evaluation (10.4)."""
 
 import os
 
@@ -62,7 +62,7 @@ def test_active_filter_fraction_hand_built(tiny_model):
         pytest.approx(4 / 16))
   finally:
     layer.kernel.assign(original)
-  # Stems and 1x1 projection shortcuts are excluded (REFERENCE 10.6).
+  # Stems and 1x1 projection shortcuts are excluded (docs/method.md §10.6).
   assert sorted(fractions) == ["group1_block1_conv1", "group1_block1_conv2",
                                "group2_block1_conv1", "group2_block1_conv2",
                                "group3_block1_conv1", "group3_block1_conv2"]
@@ -170,3 +170,10 @@ def test_cifar10_c_tfds_mock_deterministic_hand_count():
   assert results["top1"] == pytest.approx(6 / 32)  # 2 corruptions x (1 + 2) correct.
   assert results["nll"] == pytest.approx(_expected_nll(6, 32), rel=1e-5)
   assert results["per_corruption"]["snow"][2]["top1"] == pytest.approx(2 / 8)
+
+
+def test_empty_corruption_set_is_named():
+  empty = tf.data.Dataset.from_tensor_slices((np.zeros((0, 8, 8, 3), np.uint8),
+                                              np.zeros((0,), np.int32)))
+  with pytest.raises(ValueError, match="Corruption 'fog' severity 3 has no examples"):
+    corruptions.evaluate_corruptions(_constant_image_predictor(), [("fog", 3, empty)])

@@ -1,4 +1,4 @@
-"""Tiny ImageNet loading from the released layout and the AugMix ops (REFERENCE 9)."""
+"""Tiny ImageNet loading from the released layout and the AugMix ops (docs/method.md §9)."""
 
 import math
 import os
@@ -166,7 +166,7 @@ def test_posterize_keeps_top_four_bits():
 def test_solarize_flips_only_pixels_above_threshold():
   levels, x = _ramp()
   out = augmix_lib.solarize(x, 25.6).numpy()
-  above = levels >= 26  # threshold 25.6 of 256 (REFERENCE 9)
+  above = levels >= 26  # threshold 25.6 of 256 (docs/method.md §9)
   assert above.sum() == 3 * (256 - 26)
   np.testing.assert_allclose(out[above], 1.0 - x.numpy()[above], atol=1e-7)
   np.testing.assert_array_equal(out[~above], x.numpy()[~above])
@@ -223,7 +223,7 @@ def test_rotate_moves_a_far_pixel_where_the_rotation_formula_predicts(degrees):
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_translate_moves_by_the_reference_fraction(sign):
   size, row, col = 64, 20, 30
-  shift = round(0.045 * size)  # 2.88 -> 3 pixels (REFERENCE 9: 4.5% of the size)
+  shift = round(0.045 * size)  # 2.88 -> 3 pixels (docs/method.md §9: 4.5% of the size)
   image = _marked(size, size, row, col)
   got = _centroid(augmix_lib.translate_x(image, sign * 0.045).numpy())
   assert got == (row, col - sign * shift)  # Positive fraction: content moves left (as PIL).

@@ -1,6 +1,6 @@
 """Pieces shared by the MixMo networks: stems, mixing, multi-head readout, the model class.
 
-Porting constants from the official PyTorch implementation (REFERENCE 2.1):
+Porting constants from the official PyTorch implementation (docs/method.md §2.1):
 - BatchNorm momentum 0.1 in PyTorch = 0.9 in Keras; epsilon 1e-5 (PyTorch default, Keras' is 1e-3).
 - Conv / dense kernels: truncated normal cut at 2 std with std sqrt(2 / fan_in) / 0.8796 = Keras
   `he_normal`. No conv has a bias.
@@ -33,7 +33,7 @@ class FusedBatchNorm(keras.layers.Layer):
   backend; `FusedBatchNormV3` does both (and the moving-average update) in one kernel, which
   measured 1.39x faster forward+backward for WRN-28-1 on this CPU (BUILD_NOTES.md). Same weights
   as Keras' layer (gamma, beta, moving_mean, moving_variance), same momentum convention; the moving
-  variance is updated with the unbiased batch variance, as PyTorch does (REFERENCE 12.9).
+  variance is updated with the unbiased batch variance, as PyTorch does (docs/method.md §12.9).
   """
 
   def __init__(self, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, **kwargs):
@@ -120,7 +120,8 @@ class MixMoModel(keras.Model):
   Inputs: M images [B, H, W, 3], then `masks` [B, M, h, w, 1] on the stems' output grid (optional).
   Output: logits [B, M, K]. `model([x] * M)` / `model.predict([x] * M)` run the inference path
   (encodings summed, Sec. 3.1); `model([x_0, .., x_{M-1}, masks], training=True)` mixes.
-  Subclasses build the trunk in `_build_trunk` and store their constructor arguments in `_config`.
+  Subclasses call `_build_graph` with their stem and trunk builders and store their constructor
+  arguments in `_config` (returned by `get_config`).
   """
 
   def _build_graph(self, num_members, image_shape, stem_fn, trunk_fn, head_init, num_classes,

@@ -1,4 +1,4 @@
-"""PreActResNet-18-w with M stems and M heads for 64x64 inputs (Tiny ImageNet), REFERENCE 2.4.
+"""PreActResNet-18-w with M stems and M heads for 64x64 inputs (Tiny ImageNet), docs/method.md §2.4.
 
 Stem: 3x3 conv, stride 2, symmetric padding 1, 64 channels for every w, so MixMo mixes on a 32x32
 grid. Stride on the first conv of a block (symmetric padding, as PyTorch); projection shortcut on the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import keras
 
+from mixmo_tf.model_args import check_model_arguments
 from mixmo_tf.models.common import MixMoModel, batch_norm, conv
 
 
@@ -20,7 +21,7 @@ def _strided_conv(filters, kernel_size, strides, name):
 
 
 def apply_preact_block(x, filters, strides, name):
-  """One basic pre-activation block (REFERENCE 2.4)."""
+  """One basic pre-activation block (docs/method.md §2.4)."""
   a = keras.layers.ReLU(name=f"{name}_relu1")(batch_norm(f"{name}_bn1")(x))
   h = _strided_conv(filters, 3, strides, f"{name}_conv1")(a)
   h = keras.layers.ReLU(name=f"{name}_relu2")(batch_norm(f"{name}_bn2")(h))
@@ -36,10 +37,7 @@ class PreActResNet18(MixMoModel):
 
   def __init__(self, width=1, num_members=2, num_classes=200, image_shape=(64, 64, 3),
                name="preact_resnet18", folded=False):
-    if width < 1:
-      raise ValueError(f"PreActResNet width must be >= 1; got width={width}.")
-    if num_members < 1:
-      raise ValueError(f"num_members must be >= 1; got num_members={num_members}.")
+    check_model_arguments("preact_resnet18", width=width, num_members=num_members)
     widths = (64 * width, 128 * width, 256 * width, 512 * width)
 
     def trunk(x):

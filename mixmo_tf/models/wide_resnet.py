@@ -1,4 +1,4 @@
-"""WideResNet-d-w with M stems and M heads, exactly as the official MixMo code (REFERENCE 2.1-2.2).
+"""WideResNet-d-w with M stems and M heads, exactly as the official MixMo code (docs/method.md §2.1-2.2).
 
 Pre-activation wide blocks; the stride sits on the *second* 3x3 conv of a block, padded at the bottom
 and right only (Keras 'same'); projection shortcuts take the raw block input. M = 1 is the vanilla
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import keras
 
+from mixmo_tf.model_args import check_model_arguments
 from mixmo_tf.models.common import MixMoModel, batch_norm, conv, he_truncated_normal
 
 
 def apply_wide_block(x, filters, strides, name):
-  """One pre-activation wide block (REFERENCE 2.1, steps 1-5); no dropout."""
+  """One pre-activation wide block (docs/method.md §2.1, steps 1-5); no dropout."""
   h = keras.layers.ReLU(name=f"{name}_relu1")(batch_norm(f"{name}_bn1")(x))
   h = conv(filters, 3, name=f"{name}_conv1")(h)
   h = keras.layers.ReLU(name=f"{name}_relu2")(batch_norm(f"{name}_bn2")(h))
@@ -29,12 +30,7 @@ class WideResNet(MixMoModel):
 
   def __init__(self, depth=28, width=10, num_members=2, num_classes=100, image_shape=(32, 32, 3),
                name="wide_resnet", folded=False):
-    if depth < 10 or (depth - 4) % 6:
-      raise ValueError(f"WRN depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...); got depth={depth}.")
-    if width < 1:
-      raise ValueError(f"WRN width must be >= 1; got width={width}.")
-    if num_members < 1:
-      raise ValueError(f"num_members must be >= 1; got num_members={num_members}.")
+    check_model_arguments("wide_resnet", depth, width, num_members)
     blocks = (depth - 4) // 6
     widths = (16 * width, 32 * width, 64 * width)
 

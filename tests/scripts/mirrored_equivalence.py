@@ -20,17 +20,26 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from mixmo_tf import sample_masks  # noqa: E402
-from mixmo_tf.train import Trainer  # noqa: E402
+from mixmo_tf import step as step_lib  # noqa: E402
+from mixmo_tf.train import build_trainer  # noqa: E402
 from tests.helpers import tiny_config  # noqa: E402
 
 half = 8
 kw = dict(batch_size=2 * half, batch_repetitions=1, l2=3e-4, lr_warmup_epochs=0.0,
           base_learning_rate=1.0)
-config = tiny_config(tempfile.mkdtemp(), **kw)
-mirrored = Trainer(config, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
-single = Trainer(tiny_config(tempfile.mkdtemp(), **kw),
-                 tf.distribute.OneDeviceStrategy("/cpu:0"))
-assert mirrored.num_replicas == 2 and single.num_replicas == 1
+
+
+def trainer(strategy):
+  return build_trainer(tiny_config(tempfile.mkdtemp(), **kw), strategy)
+
+
+def step_fn(t):
+  return tf.function(lambda *args: step_lib.apply_step(t.model, t.optimizer, t.spec, *args))
+
+
+mirrored = trainer(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+single = trainer(tf.distribute.OneDeviceStrategy("/cpu:0"))
+assert mirrored.strategy.num_replicas_in_sync == 2 and single.strategy.num_replicas_in_sync == 1
 for a, b in zip(mirrored.model.weights, single.model.weights):
   np.testing.assert_array_equal(a.numpy(), b.numpy())
 
@@ -42,12 +51,11 @@ args_half = (inputs, targets, masks, kappa)
 args_full = tf.nest.map_structure(lambda t: tf.concat([t, t], 0), args_half)
 
 distributed = mirrored.strategy.experimental_distribute_values_from_function(lambda ctx: args_half)
-mirrored.strategy.run(tf.function(mirrored._apply_step), args=distributed)
-single.strategy.run(tf.function(single._apply_step), args=args_full)
+mirrored.strategy.run(step_fn(mirrored), args=distributed)
+single.strategy.run(step_fn(single), args=args_full)
 diff = max(float(np.max(np.abs(a.numpy() - b.numpy())))
            for a, b in zip(mirrored.model.trainable_weights, single.model.trainable_weights))
+fresh = trainer(tf.distribute.OneDeviceStrategy("/cpu:0"))
 moved = max(float(np.max(np.abs(a.numpy() - b.numpy())))
-            for a, b in zip(mirrored.model.trainable_weights,
-                            Trainer(tiny_config(tempfile.mkdtemp(), **kw),
-                                    tf.distribute.OneDeviceStrategy("/cpu:0")).model.trainable_weights))
+            for a, b in zip(mirrored.model.trainable_weights, fresh.model.trainable_weights))
 print(f"MAXDIFF {diff:.3e} MOVED {moved:.3e}")

@@ -1,0 +1,161 @@
+"""One replica's MixMo train step as plain functions: what each member sees, the loss, the update.
+
+`member_batch` turns B/b unique raw examples into the M members' inputs and targets: batch
+repetition and pairing (docs/method.md §6), per-copy crop/flip (§9), optional pixel MSDA (§8) and
+the feature masks (§3). `loss_and_gradients` runs the mixed forward pass and the w_r-weighted
+loss (§5); `apply_step` adds the optimizer update. Nothing here holds state or reads flags: the
+TensorFlow custom loop (`train.Trainer`) calls these inside `strategy.run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, NamedTuple, Tuple
+
+import tensorflow as tf
+
+from mixmo_tf import data as data_lib
+from mixmo_tf import losses, msda
+from mixmo_tf.mixing import sample_masks
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """Everything one replica step needs, taken from the run's Config and DataInfo."""
+  num_members: int
+  batch_repetitions: int
+  input_repetition_probability: float
+  mixing: str
+  alpha: float
+  weight_root: float
+  msda: str
+  msda_alpha: float
+  msda_probability: float
+  global_batch_size: int  # Counted with repetitions, over all replicas.
+  l2: float
+  num_replicas: int
+  num_classes: int
+  crop_padding: int
+  flip: bool
+  mean: Tuple[float, ...]
+  std: Tuple[float, ...]
+  mask_shape: Tuple[int, int]  # The stems' output grid (h, w), where masks live (§12.1).
+
+  @classmethod
+  def create(cls, config, info, mask_shape, num_replicas: int = 1) -> "StepSpec":
+    return cls(num_members=config.num_members, batch_repetitions=config.batch_repetitions,
+               input_repetition_probability=config.input_repetition_probability,
+               mixing=config.mixing, alpha=config.alpha, weight_root=config.weight_root,
+               msda=config.msda, msda_alpha=config.msda_alpha,
+               msda_probability=config.msda_probability, global_batch_size=config.batch_size,
+               l2=config.l2, num_replicas=num_replicas, num_classes=info.num_classes,
+               crop_padding=info.crop_padding, flip=info.flip, mean=tuple(info.mean),
+               std=tuple(info.std), mask_shape=tuple(mask_shape))
+
+
+class MemberBatch(NamedTuple):
+  """What the M members see in one step (B = b x unique examples on this replica)."""
+  inputs: List[tf.Tensor]  # M normalised images [B, H, W, 3]; member i's own stem input.
+  targets: tf.Tensor  # [B, M, K] (soft with MSDA), member i's target in [:, i].
+  masks: tf.Tensor  # [B, M, h, w, 1], member i's feature mask in [:, i].
+  kappa: tf.Tensor  # [B, M] realised ratios (the masks' means).
+  indices: tf.Tensor  # [M, B] positions in the unique batch: member i's slot j shows indices[i, j].
+
+
+def member_indices(num_unique, num_members: int, batch_repetitions: int,
+                   input_repetition_probability: float, seed):
+  """Batch repetition and member pairing (docs/method.md §6): [M, B] indices into the unique batch.
+
+  Each unique index is repeated b times (B = b * num_unique entries); every member gets its own
+  random permutation of that list, so each example appears exactly b times per member, each time
+  beside independently drawn partners. The first floor(B * rho_ir) slots feed member 0's entry to
+  every member (MIMO input repetition, §6.5).
+  """
+  size = num_unique * batch_repetitions
+  repeated = tf.repeat(tf.range(num_unique), batch_repetitions)
+  seeds = tf.random.experimental.stateless_split(seed, num_members)
+  perms = [tf.argsort(tf.random.stateless_uniform([size], seeds[i])) for i in range(num_members)]
+  indices = tf.gather(repeated, tf.stack(perms))  # [M, B]
+  if input_repetition_probability > 0 and num_members > 1:
+    num_shared = tf.cast(tf.floor(tf.cast(size, tf.float32) * input_repetition_probability),
+                         tf.int32)
+    same = tf.range(size) < num_shared
+    indices = tf.where(same[None, :], indices[:1], indices)
+  return indices
+
+
+def step_seeds(root_seed, step, replica):
+  """(replica seed, batch seed) of a step: per-example draws differ per replica; the per-batch
+  draws (cut-vs-linear, role shuffle) are shared by all replicas (docs/method.md §3.2 step 7)."""
+  batch_seed = tf.random.experimental.stateless_fold_in(root_seed, step)
+  return tf.random.experimental.stateless_fold_in(batch_seed, replica), batch_seed
+
+
+def member_batch(spec: StepSpec, images, labels, partners, seed, batch_seed,
+                 patch_probability) -> MemberBatch:
+  """Repetition, per-copy augmentation, optional MSDA and feature masks for one replica.
+
+  Args:
+    images: [U, H, W, 3] unique raw examples (uint8, or float [0, 1] after AugMix); labels [U].
+    partners: () or (images [M * B, ...], labels [M * B]) MSDA partners; member i takes the
+      i-th block of B.
+    seed: [2] stateless seed of this replica's step; batch_seed: the step's shared seed.
+    patch_probability: p(e) of the current epoch (§4).
+  """
+  seed_rep, seed_aug, seed_msda, seed_mask = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 4))
+  indices = member_indices(tf.shape(images)[0], spec.num_members, spec.batch_repetitions,
+                           spec.input_repetition_probability, seed_rep)  # [M, B]
+  batch = tf.shape(indices)[1]
+  masks, kappa = sample_masks(batch, spec.mask_shape[0], spec.mask_shape[1], spec.num_members,
+                              spec.mixing, spec.alpha, patch_probability, seed_mask,
+                              batch_seed=batch_seed)
+  member_inputs, member_targets = [], []
+  aug_seeds = tf.random.experimental.stateless_split(seed_aug, 2 * spec.num_members)
+  msda_seeds = tf.random.experimental.stateless_split(seed_msda, spec.num_members)
+  for i in range(spec.num_members):
+    x = data_lib.random_crop_flip(tf.gather(images, indices[i]), aug_seeds[i], spec.crop_padding,
+                                  spec.flip)
+    y = tf.one_hot(tf.gather(labels, indices[i]), spec.num_classes)
+    if spec.msda != "none":
+      block = slice(i * batch, (i + 1) * batch)
+      partner_x = data_lib.random_crop_flip(partners[0][block], aug_seeds[spec.num_members + i],
+                                            spec.crop_padding, spec.flip)
+      x, y = msda.apply_msda(x, y, partner_x, tf.one_hot(partners[1][block], spec.num_classes),
+                             msda_seeds[i], spec.msda, spec.msda_alpha, spec.msda_probability,
+                             feature_mask=masks[:, i] if spec.num_members > 1 else None)
+    member_inputs.append(data_lib.normalize(x, spec.mean, spec.std))
+    member_targets.append(y)
+  return MemberBatch(member_inputs, tf.stack(member_targets, axis=1), masks, kappa, indices)
+
+
+def loss_and_gradients(model, optimizer, spec: StepSpec, inputs, targets, masks, kappa):
+  """Mixed forward pass, sum_i w_r(kappa)_i CE_i (Eq. 3) plus L2, gradients (docs/method.md §5).
+
+  The loss is scaled by the global batch and the L2 term by 1/R, because gradients are summed
+  over the R replicas. Returns (loss, gradients, number of correct member predictions / M).
+  """
+  variables = model.trainable_variables
+  with tf.GradientTape() as tape:
+    logits = model(inputs + [masks], training=True)
+    per_example = losses.mixmo_loss(targets, logits, kappa, spec.weight_root)
+    loss = tf.nn.compute_average_loss(per_example, global_batch_size=spec.global_batch_size)
+    if spec.l2:
+      loss += spec.l2 * losses.l2_penalty(variables) / spec.num_replicas
+    scaled = optimizer.scale_loss(loss)  # Identity unless a LossScaleOptimizer (float16).
+  grads = tape.gradient(scaled, variables)
+  correct = tf.cast(tf.equal(tf.argmax(logits, -1), tf.argmax(targets, -1)), tf.float32)
+  return loss, grads, tf.reduce_sum(tf.reduce_mean(correct, axis=1))
+
+
+def apply_step(model, optimizer, spec: StepSpec, inputs, targets, masks, kappa,
+               grad_fn=None):
+  """Gradients and the optimizer update on one replica's batch; returns (loss, accuracy share).
+
+  `grad_fn` (same arguments as `loss_and_gradients` after `spec`) lets the caller pass an
+  XLA-compiled copy of it.
+  """
+  grad_fn = grad_fn or (lambda *a: loss_and_gradients(model, optimizer, spec, *a))
+  loss, grads, correct = grad_fn(inputs, targets, masks, kappa)
+  optimizer.apply_gradients(zip(grads, model.trainable_variables))
+  return loss, correct / tf.cast(spec.global_batch_size, tf.float32)
