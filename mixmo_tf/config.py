@@ -21,14 +21,15 @@ DATASETS = ("digits", "folder", "cifar10", "cifar100", "tiny_imagenet")
 MSDA = ("none", "mixup", "cutmix")
 ENSEMBLE = ("logits", "probs")
 STRATEGIES = ("mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+from mixmo_tf.runtime import PRECISIONS  # noqa: E402  (auto, float32, mixed_*)
 CORRUPTIONS = ("none", "cifar10_c", "cifar100_c")
+OPTIMIZERS = ("pytorch", "keras")
 
 # Resuming an output_dir with other values of these flags is an error: the first fix the network
 # and the data it was built for, the second map a step to an epoch, a data order, random draws
 # and a learning rate.
 ARCHITECTURE_KEYS = ("dataset", "model", "depth", "width", "num_members", "image_size")
-SCHEDULE_KEYS = ("train_subset", "batch_size", "batch_repetitions", "seed")
+SCHEDULE_KEYS = ("train_subset", "batch_size", "batch_repetitions", "seed", "precision")
 RESUME_KEYS = ARCHITECTURE_KEYS + SCHEDULE_KEYS
 
 
@@ -67,12 +68,15 @@ class Config:
   lr_decay_epochs: Tuple[int, ...] = (101, 201, 226)
   lr_decay_ratio: float = 0.1
   l2: float = 3e-4
+  optimizer: str = "pytorch"  # SGD rule: pytorch (the official code's) or keras.
   seed: int = 1234
   max_steps: int = 0  # 0: run all epochs; N: stop after N steps (smoke tests).
   # Evaluation and outputs.
   ensemble: str = "logits"
   corruptions: str = "none"  # Robustness test set evaluated at the end: none, cifar10_c, cifar100_c.
   corruptions_dir: str = ""  # cifar100_c: the released .npy folder; cifar10_c: a TFDS data_dir.
+  ood: Tuple[str, ...] = ()  # Out-of-distribution sets scored at the end: TFDS names, folder:PATH.
+  ood_data_dir: str = ""  # TFDS data_dir of the OOD sets ('' : the run's data_dir).
   eval_frequency: int = 1
   checkpoint_frequency: int = 1
   keep_checkpoints: int = 3
@@ -82,7 +86,8 @@ class Config:
   # Scale.
   strategy: str = "mirrored"
   jit_compile: bool = False
-  precision: str = "float32"
+  precision: str = "auto"  # Resolved per machine at the start of a run (config.json keeps it).
+  sync_batch_norm: bool = True  # BN statistics over the global batch when there are replicas.
   tpu: str = ""
 
   @property
@@ -112,6 +117,11 @@ class Config:
     choice("strategy", STRATEGIES)
     choice("precision", PRECISIONS)
     choice("corruptions", CORRUPTIONS)
+    choice("optimizer", OPTIMIZERS)
+    for name in self.ood:
+      if name.startswith("folder:") and not os.path.isdir(name[len("folder:"):]):
+        raise ValueError(f"--ood={name!r}: {name[len('folder:'):]!r} is not an existing "
+                         "directory.")
     if self.corruptions == "cifar100_c" and not os.path.isdir(self.corruptions_dir):
       raise ValueError(f"--corruptions_dir={self.corruptions_dir!r} is not an existing directory "
                        "(needed by --corruptions=cifar100_c: the released CIFAR-100-C .npy files).")
@@ -172,6 +182,8 @@ class Config:
     values = {k: v for k, v in values.items() if k in fields}
     if "lr_decay_epochs" in values:
       values["lr_decay_epochs"] = tuple(int(e) for e in values["lr_decay_epochs"])
+    if "ood" in values:
+      values["ood"] = tuple(str(e) for e in values["ood"])
     return cls(**values)
 
   def as_flagfile(self) -> str:
@@ -228,6 +240,8 @@ def define_flags(flag_values=None):
       "lr_decay_epochs": "1-based epochs from which the LR is multiplied by lr_decay_ratio.",
       "lr_decay_ratio": "Multiplicative LR decay at each milestone.",
       "l2": "Coefficient of sum(theta^2) over all trainable parameters, added to the loss.",
+      "optimizer": "SGD momentum rule: pytorch (v <- mu v + g, the official code's; default) or "
+                   "keras (LR inside the velocity; differs after every LR change).",
       "seed": "Root of every random stream (init, data order, augmentation, masks).",
       "max_steps": "Stop after this many steps (0: train all epochs).",
       "ensemble": "Ensemble prediction: logits (softmax of the mean logit, as the paper) or "
@@ -235,6 +249,9 @@ def define_flags(flag_values=None):
       "corruptions": "At the end, also evaluate on corrupted test sets (docs/method.md §10.4): none, "
                      "cifar10_c (TFDS cifar10_corrupted) or cifar100_c (released .npy files).",
       "corruptions_dir": "CIFAR-100-C .npy folder, or the TFDS data_dir for cifar10_c.",
+      "ood": "Out-of-distribution sets scored against the test set at the end (AUROC, AUPR, "
+             "FPR@95): TFDS names (cifar10, cifar100, svhn_cropped) or folder:PATH.",
+      "ood_data_dir": "TFDS data_dir of the --ood sets (default: --data_dir).",
       "eval_frequency": "Evaluate on the test set every N epochs (and at the end).",
       "checkpoint_frequency": "Checkpoint every N epochs (and at the end).",
       "keep_checkpoints": "How many checkpoints to keep.",
@@ -244,7 +261,12 @@ def define_flags(flag_values=None):
       "strategy": "tf.distribute strategy: mirrored (visible devices), multi_worker (TF_CONFIG) "
                   "or tpu.",
       "jit_compile": "XLA-compile the forward and backward pass.",
-      "precision": "float32, mixed_float16 (with loss scaling) or mixed_bfloat16.",
+      "precision": "auto (mixed_bfloat16 on GPU/TPU and on CPUs with native bf16 under oneDNN, "
+                   "else float32), float32, mixed_float16 (with loss scaling) or mixed_bfloat16. "
+                   "A resumed run keeps the precision it started with.",
+      "sync_batch_norm": "With several replicas, normalise with statistics of the global batch "
+                         "(one GPU's statistics, as the official runs); moving statistics equal "
+                         "on every replica.",
       "tpu": "TPU address for --strategy=tpu ('' for a local TPU VM).",
   }
   for field in dataclasses.fields(Config):
@@ -270,4 +292,5 @@ def config_from_flags(flag_values) -> Config:
   except ValueError:
     raise ValueError(f"--lr_decay_epochs={','.join(values['lr_decay_epochs'])!r} is not valid; "
                      "expected comma-separated integers.") from None
+  values["ood"] = tuple(str(e).strip() for e in values["ood"] if str(e).strip())
   return Config(**values)

@@ -14,6 +14,7 @@ from typing import Tuple
 import numpy as np
 import tensorflow as tf
 
+from mixmo_tf.augment import normalize, random_crop_flip
 from mixmo_tf.data_info import DataInfo
 from mixmo_tf.image_folder import decode_folder, list_image_folder, probe_size, subset_indices
 
@@ -134,77 +135,31 @@ def _load_tiny_imagenet(config):
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
   """A distinct, reproducible seed per (run seed, 0-based epoch, stream): 0 data order, 1 MSDA
-  partners, 2 AugMix, 3 AugMix of partners (distinct from every other run seed's streams)."""
+  partners (distinct from every other run seed's streams). AugMix draws its seeds in the train
+  step, after the crop (docs/method.md §9)."""
   return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def train_batches(train: tf.data.Dataset, info: DataInfo, unique_batch_size: int, seed: int,
-                  epoch: int, skip_batches: int = 0, partner_batch_size: int = 0,
-                  augmix=None) -> tf.data.Dataset:
+                  epoch: int, skip_batches: int = 0,
+                  partner_batch_size: int = 0) -> tf.data.Dataset:
   """One epoch of shuffled batches of B/b unique raw examples (incomplete last batch dropped).
 
   With `partner_batch_size`, each element also carries that many MSDA partners drawn from the
   whole training set by an independent shuffle (docs/method.md §12.14): ((x, y), (x_partner, y_partner)).
-  `augmix`: optional (width, depth, severity); AugMix runs here, once per unique example with a
-  seed from (seed, epoch, position), so the b copies of an example share its draws (docs/method.md §9)
-  and yield float [0, 1] images.
+  Images stay raw uint8: crop/flip and AugMix run per copy in the train step (docs/method.md §9).
   """
   ds = train.shuffle(info.num_train, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
-  if augmix:
-    ds = ds.enumerate().map(_augmix_fn(seed, epoch, 2, *augmix), num_parallel_calls=AUTOTUNE,
-                            deterministic=True)
   ds = ds.batch(unique_batch_size, drop_remainder=True)
   if partner_batch_size:
     partners = train.shuffle(info.num_train, seed=epoch_seed(seed, epoch, 1),
                              reshuffle_each_iteration=True).repeat()
-    if augmix:
-      partners = partners.enumerate().map(_augmix_fn(seed, epoch, 3, *augmix),
-                                          num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = tf.data.Dataset.zip(ds, partners.batch(partner_batch_size, drop_remainder=True))
   if skip_batches:
     ds = ds.skip(skip_batches)
   return ds.prefetch(AUTOTUNE)
 
 
-def _augmix_fn(seed, epoch, stream, width, depth, severity):
-  from mixmo_tf.augmix import augmix
-  base = tf.constant([epoch_seed(seed, epoch, stream), 0], tf.int64)
-
-  def apply(index, example):
-    image, label = example
-    example_seed = tf.random.experimental.stateless_fold_in(base, index)
-    return augmix(image, example_seed, width, depth, severity), label
-  return apply
-
-
 def steps_per_epoch(info: DataInfo, unique_batch_size: int) -> int:
   """Steps per pass over the unique data: b times the b = 1 count (docs/method.md §6.6)."""
   return info.num_train // unique_batch_size
-
-
-def random_crop_flip(images, seed, padding: int, flip: bool):
-  """Per-example random crop after zero padding and random horizontal flip; float [0, 1] out.
-
-  images: uint8 or float [B, H, W, C]. Zero padding is black, as PyTorch's RandomCrop on PIL.
-  """
-  x = tf.cast(images, tf.float32)
-  if images.dtype == tf.uint8:
-    x = x / 255.0
-  seed_y, seed_x, seed_f = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-  batch = tf.shape(x)[0]
-  height, width = x.shape[1], x.shape[2]
-  if padding:
-    x = tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
-    oy = tf.random.stateless_uniform([batch], seed_y, 0, 2 * padding + 1, dtype=tf.int32)
-    ox = tf.random.stateless_uniform([batch], seed_x, 0, 2 * padding + 1, dtype=tf.int32)
-    x = tf.gather(x, oy[:, None] + tf.range(height)[None], axis=1, batch_dims=1)
-    x = tf.gather(x, ox[:, None] + tf.range(width)[None], axis=2, batch_dims=1)
-  if flip:
-    do_flip = tf.random.stateless_uniform([batch], seed_f) < 0.5
-    x = tf.where(do_flip[:, None, None, None], tf.reverse(x, axis=[2]), x)
-  return x
-
-
-def normalize(images, mean, std):
-  return (images - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
-

@@ -1,26 +1,27 @@
 """Mixing block of MixMo (Ramé et al., ICCV 2021, Sec. 3): mask samplers and `MixingLayer`.
 
 Sampling is split from applying (as Keras' CutMix/MixUp do): `sample_masks` draws per-example
-masks and their realised ratios with pure, stateless TF ops; `MixingLayer` applies them to the M
-stem feature maps. Masks live on the stems' output grid (docs/method.md §12.1).
+masks and their realised ratios with `keras.ops` on stateless seeds (`mixmo_tf.rng`), so one copy
+serves every Keras backend and traces in `tf.function` and `jax.jit`; `MixingLayer` applies them
+to the M stem feature maps. Masks live on the stems' output grid (docs/method.md §12.1).
 
 Shapes use NHWC: masks are float32 [B, M, H, W, 1], kappa is float32 [B, M].
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+import math
+from typing import Any, Callable, Dict
 
 import keras
 import numpy as np
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops
 
-tfd = tfp.distributions
+from mixmo_tf import rng
 
 # A patch sampler draws, per example, the binary (or soft) mask of the member that is "patched"
-# (member 0 before the role shuffle). Signature: (seed [2] int32, kappa0 [B], H, W) -> [B, H, W].
-PatchSampler = Callable[[tf.Tensor, tf.Tensor, int, int], tf.Tensor]
+# (member 0 before the role shuffle). Signature: (seed [2], kappa0 [B], H, W) -> float32 [B, H, W].
+PatchSampler = Callable[[Any, Any, int, int], Any]
 PATCH_SAMPLERS: Dict[str, PatchSampler] = {}
 
 # Methods without a patch: "linear" (kappa ~ Dir(alpha)) and "mimo" (kappa fixed at 1/M).
@@ -44,73 +45,61 @@ def mixing_methods() -> tuple:
   return LINEAR_METHODS + tuple(sorted(PATCH_SAMPLERS))
 
 
-def _split(seed, num):
-  return tf.unstack(tf.random.experimental.stateless_split(seed, num), axis=0)
-
-
-def _as_seed(seed) -> tf.Tensor:
-  """Accepts an int or a [2] integer tensor; returns a [2] int32 stateless seed."""
-  if isinstance(seed, int):
-    return tf.constant([seed, 0], tf.int32)
-  return tf.cast(tf.convert_to_tensor(seed), tf.int32)
-
-
-def sample_kappa(batch_size, num_members: int, alpha: float, seed) -> tf.Tensor:
-  """kappa ~ Dirichlet(alpha * 1_M) per example, [B, M] (Beta(alpha, alpha) for M = 2), Sec. 3.4."""
+def sample_kappa(batch_size, num_members: int, alpha: float, seed):
+  """kappa ~ Dirichlet(alpha * 1_M) per example, float32 [B, M] (Beta(alpha, alpha) for M = 2);
+  docs/method.md §3.2 step 1 and §3.4."""
   if num_members == 1:
-    return tf.ones([batch_size, 1], tf.float32)
-  dist = tfd.Dirichlet(tf.fill([num_members], tf.cast(alpha, tf.float32)))
-  return tf.cast(dist.sample(batch_size, seed=_as_seed(seed)), tf.float32)
+    return ops.ones([batch_size, 1], "float32")
+  return rng.dirichlet([batch_size], seed, alpha, num_members)
 
 
 @register_patch_sampler("cutmix")
-def cutmix_box(seed, kappa0, height: int, width: int) -> tf.Tensor:
+def cutmix_box(seed, kappa0, height: int, width: int):
   """Binary box masks of area ratio ~kappa0, the reference procedure (docs/method.md §3.2, Eq. 2).
 
   Sides floor(S * sqrt(kappa)), integer centre uniform on the grid, corners centre -/+ floor(side/2)
   clipped to the grid (half-open), so odd sides lose one pixel and border boxes are truncated.
   """
-  batch = tf.shape(kappa0)[0]
-  seed_u, seed_v = _split(seed, 2)
-  sqrt_k = tf.sqrt(tf.clip_by_value(kappa0, 0.0, 1.0))
-  cut_h = tf.cast(tf.floor(height * sqrt_k), tf.int32)
-  cut_w = tf.cast(tf.floor(width * sqrt_k), tf.int32)
-  u = tf.random.stateless_uniform([batch], seed_u, 0, height, dtype=tf.int32)
-  v = tf.random.stateless_uniform([batch], seed_v, 0, width, dtype=tf.int32)
-  u1 = tf.clip_by_value(u - cut_h // 2, 0, height)
-  u2 = tf.clip_by_value(u + cut_h // 2, 0, height)
-  v1 = tf.clip_by_value(v - cut_w // 2, 0, width)
-  v2 = tf.clip_by_value(v + cut_w // 2, 0, width)
-  rows = tf.range(height)[None, :]
-  cols = tf.range(width)[None, :]
-  in_rows = (rows >= u1[:, None]) & (rows < u2[:, None])  # [B, H]
-  in_cols = (cols >= v1[:, None]) & (cols < v2[:, None])  # [B, W]
-  return tf.cast(in_rows[:, :, None] & in_cols[:, None, :], tf.float32)
+  batch = ops.shape(kappa0)[0]
+  seed_u, seed_v = rng.split_list(seed, 2)
+  sqrt_k = ops.sqrt(ops.clip(ops.cast(kappa0, "float32"), 0.0, 1.0))
+  half_h = ops.cast(ops.floor(height * sqrt_k), "int32") // 2
+  half_w = ops.cast(ops.floor(width * sqrt_k), "int32") // 2
+  u = rng.uniform([batch], seed_u, 0, height, dtype="int32")
+  v = rng.uniform([batch], seed_v, 0, width, dtype="int32")
+  u1, u2 = ops.clip(u - half_h, 0, height), ops.clip(u + half_h, 0, height)
+  v1, v2 = ops.clip(v - half_w, 0, width), ops.clip(v + half_w, 0, width)
+  rows = ops.arange(height, dtype="int32")[None, :]
+  cols = ops.arange(width, dtype="int32")[None, :]
+  in_rows = ops.logical_and(rows >= u1[:, None], rows < u2[:, None])  # [B, H]
+  in_cols = ops.logical_and(cols >= v1[:, None], cols < v2[:, None])  # [B, W]
+  return ops.cast(ops.logical_and(in_rows[:, :, None], in_cols[:, None, :]), "float32")
 
 
 def _concat_mask(seed, kappa0, length: int, other: int, axis: int):
   """Ones on the first floor(kappa * S) cells of one axis, or (per example, probability 1/2) on
   its last floor((1 - kappa) * S) cells (docs/method.md §3.3)."""
-  batch = tf.shape(kappa0)[0]
-  positions = tf.range(length, dtype=tf.float32)[None, :]
-  head = positions < tf.floor(kappa0 * length)[:, None]
-  tail = positions >= (length - tf.floor((1.0 - kappa0) * length))[:, None]
-  flip = tf.random.stateless_uniform([batch], seed) < 0.5
-  line = tf.cast(tf.where(flip[:, None], tail, head), tf.float32)  # [B, S]
+  batch = ops.shape(kappa0)[0]
+  kappa0 = ops.cast(kappa0, "float32")
+  positions = ops.arange(length, dtype="float32")[None, :]
+  head = positions < ops.floor(kappa0 * length)[:, None]
+  tail = positions >= (length - ops.floor((1.0 - kappa0) * length))[:, None]
+  flip = rng.uniform([batch], seed) < 0.5
+  line = ops.cast(ops.where(flip[:, None], tail, head), "float32")  # [B, S]
   line = line[:, :, None] if axis == 1 else line[:, None, :]
-  shape = [batch, length, other] if axis == 1 else [batch, other, length]
-  return tf.broadcast_to(line, shape)
+  shape = (batch, length, other) if axis == 1 else (batch, other, length)
+  return ops.broadcast_to(line, shape)
 
 
 @register_patch_sampler("hconcat")
-def horizontal_concat(seed, kappa0, height: int, width: int) -> tf.Tensor:
-  """Horizontal concatenation (Table 2): split the H axis, top / bottom parts."""
+def horizontal_concat(seed, kappa0, height: int, width: int):
+  """Horizontal concatenation (Table 2; docs/method.md §3.3): split the H axis, top / bottom."""
   return _concat_mask(seed, kappa0, height, width, axis=1)
 
 
 @register_patch_sampler("vconcat")
-def vertical_concat(seed, kappa0, height: int, width: int) -> tf.Tensor:
-  """Vertical concatenation (Table 2): split the W axis, left / right parts."""
+def vertical_concat(seed, kappa0, height: int, width: int):
+  """Vertical concatenation (Table 2; docs/method.md §3.3): split the W axis, left / right."""
   return _concat_mask(seed, kappa0, width, height, axis=2)
 
 
@@ -118,17 +107,18 @@ PATCHUP_BLOCK = 7
 
 
 @register_patch_sampler("patchup")
-def patchup_2d(seed, kappa0, height: int, width: int) -> tf.Tensor:
+def patchup_2d(seed, kappa0, height: int, width: int):
   """PatchUp 2D, hard (Table 2): Bernoulli(gamma) block centres dilated by a 7x7 max-pool.
 
-  gamma = kappa * W^2 / (7^2 (W - 7 + 1)^2), the reference's DropBlock-style rate (docs/method.md §3.3);
-  the block shrinks to the grid on grids smaller than 7.
+  gamma = kappa * W^2 / (7^2 (W - 7 + 1)^2), the reference's DropBlock-style rate
+  (docs/method.md §3.3); the block shrinks to the grid on grids smaller than 7.
   """
   block = min(PATCHUP_BLOCK, height, width)
-  gamma = kappa0 * width**2 / (block**2 * (width - block + 1)**2)
-  batch = tf.shape(kappa0)[0]
-  centres = tf.random.stateless_uniform([batch, height, width], seed) < gamma[:, None, None]
-  blocks = tf.nn.max_pool2d(tf.cast(centres, tf.float32)[..., None], block, 1, "SAME")
+  gamma = ops.cast(kappa0, "float32") * width**2 / (block**2 * (width - block + 1)**2)
+  batch = ops.shape(kappa0)[0]
+  centres = rng.uniform([batch, height, width], seed) < gamma[:, None, None]
+  blocks = ops.max_pool(ops.cast(centres, "float32")[..., None], block, strides=1,
+                        padding="same", data_format="channels_last")
   return blocks[..., 0]
 
 
@@ -137,73 +127,80 @@ COWMASK_PROPORTION_RANGE = (0.2, 0.8)
 
 
 @register_patch_sampler("cowmask")
-def cow_mask(seed, kappa0, height: int, width: int) -> tf.Tensor:
+def cow_mask(seed, kappa0, height: int, width: int):
   """CowMask (Table 2; docs/method.md §3.3): thresholded Gaussian-blurred noise. kappa0 is ignored.
 
   Proportion pi ~ U(0.2, 0.8), sigma log-uniform in [4, 16], a 97-tap separable Gaussian (each 1-D
   factor normalised by sqrt(2 pi sigma^2)) over N(0, 1) noise with zero padding; ones where the
   blurred noise <= mean + sqrt(2) erfinv(2 pi - 1) std.
   """
-  batch = tf.shape(kappa0)[0]
-  seed_p, seed_s, seed_n = _split(seed, 3)
-  proportion = tf.random.stateless_uniform([batch], seed_p, *COWMASK_PROPORTION_RANGE)
-  log_lo, log_hi = tf.math.log(COWMASK_SIGMA_RANGE[0]), tf.math.log(COWMASK_SIGMA_RANGE[1])
-  sigma = tf.exp(tf.random.stateless_uniform([batch], seed_s, log_lo, log_hi))
+  batch = ops.shape(kappa0)[0]
+  seed_p, seed_s, seed_n = rng.split_list(seed, 3)
+  proportion = rng.uniform([batch], seed_p, *COWMASK_PROPORTION_RANGE)
+  log_lo, log_hi = math.log(COWMASK_SIGMA_RANGE[0]), math.log(COWMASK_SIGMA_RANGE[1])
+  sigma = ops.exp(rng.uniform([batch], seed_s, log_lo, log_hi))
   radius = int(np.ceil(3 * COWMASK_SIGMA_RANGE[1]))  # 48 -> 97 taps
-  taps = tf.range(-radius, radius + 1, dtype=tf.float32)[:, None]  # [97, 1]
-  kernel = tf.exp(-0.5 * tf.square(taps / sigma)) / tf.sqrt(2 * np.pi * tf.square(sigma))  # [97, B]
-  noise = tf.random.stateless_normal([1, height, width, batch], seed_n)  # examples as channels
-  blurred = tf.nn.depthwise_conv2d(noise, kernel[:, None, :, None], [1, 1, 1, 1], "SAME")
-  blurred = tf.nn.depthwise_conv2d(blurred, kernel[None, :, :, None], [1, 1, 1, 1], "SAME")
-  blurred = tf.transpose(blurred[0], [2, 0, 1])  # [B, H, W]
-  mean, var = tf.nn.moments(blurred, axes=[1, 2])
-  threshold = mean + np.sqrt(2.0) * tf.math.erfinv(2 * proportion - 1) * tf.sqrt(var)
-  return tf.cast(blurred <= threshold[:, None, None], tf.float32)
+  taps = ops.arange(-radius, radius + 1, dtype="float32")[:, None]  # [97, 1]
+  kernel = ops.exp(-0.5 * ops.square(taps / sigma)) / ops.sqrt(2 * math.pi * ops.square(sigma))
+  noise = rng.normal([1, height, width, batch], seed_n)  # examples as channels; kernel [97, B]
+  conv = lambda x, k: ops.depthwise_conv(x, k, strides=1, padding="same",
+                                         data_format="channels_last")
+  blurred = conv(conv(noise, kernel[:, None, :, None]), kernel[None, :, :, None])
+  blurred = ops.transpose(blurred[0], [2, 0, 1])  # [B, H, W]
+  mean, var = ops.moments(blurred, axes=[1, 2])
+  threshold = mean + math.sqrt(2.0) * ops.erfinv(2 * proportion - 1) * ops.sqrt(var)
+  return ops.cast(blurred <= threshold[:, None, None], "float32")
 
 
 FMIX_DECAY_POWER = 3.0
 
 
 @register_patch_sampler("fmix")
-def fmix(seed, kappa0, height: int, width: int) -> tf.Tensor:
+def fmix(seed, kappa0, height: int, width: int):
   """FMix (Table 2): the top round(kappa * HW) cells of a low-pass Fourier-space random field.
 
   Decay power 3, the FMix paper's default (the reference code has no FMix: docs/method.md §3.3).
   """
-  batch = tf.shape(kappa0)[0]
+  batch = ops.shape(kappa0)[0]
   fy = np.fft.fftfreq(height)[:, None]
   fx = np.fft.fftfreq(width)[None, :]
   freq = np.sqrt(fx**2 + fy**2)
-  scale = 1.0 / np.maximum(freq, 1.0 / max(height, width))**FMIX_DECAY_POWER
-  seed_re, seed_im = _split(seed, 2)
-  real = tf.random.stateless_normal([batch, height, width], seed_re) * scale
-  imag = tf.random.stateless_normal([batch, height, width], seed_im) * scale
-  field = tf.math.real(tf.signal.ifft2d(tf.complex(real, imag)))
-  flat = tf.reshape(field, [batch, height * width])
-  num_ones = tf.cast(tf.round(kappa0 * height * width), tf.int32)
-  ranks = tf.argsort(tf.argsort(flat, axis=1, direction="DESCENDING"), axis=1)
-  return tf.reshape(tf.cast(ranks < num_ones[:, None], tf.float32), [batch, height, width])
+  scale = (1.0 / np.maximum(freq, 1.0 / max(height, width))**FMIX_DECAY_POWER).astype(np.float32)
+  seed_re, seed_im = rng.split_list(seed, 2)
+  scale = ops.convert_to_tensor(scale)
+  real = rng.normal([batch, height, width], seed_re) * scale
+  imag = rng.normal([batch, height, width], seed_im) * scale
+  field, _ = ops.ifft2((real, imag))
+  flat = ops.reshape(field, (batch, height * width))
+  num_ones = ops.cast(ops.round(ops.cast(kappa0, "float32") * (height * width)), "int32")
+  ranks = ops.argsort(ops.argsort(-flat, axis=1), axis=1)  # 0 for the largest value
+  return ops.reshape(ops.cast(ranks < num_ones[:, None], "float32"), (batch, height, width))
 
 
-def _linear_masks(kappa, height, width):
-  return tf.broadcast_to(kappa[:, :, None, None, None],
-                         tf.concat([tf.shape(kappa), [height, width, 1]], 0))
+def _linear_masks(kappa, height: int, width: int):
+  """Constant masks m_i = kappa_i, [B, M, H, W, 1] (docs/method.md §3.1, §3.4)."""
+  batch, num_members = ops.shape(kappa)
+  return ops.broadcast_to(kappa[:, :, None, None, None], (batch, num_members, height, width, 1))
 
 
 def _patch_masks(patch, kappa):
-  """Member 0 takes `patch`; members j >= 1 share the complement in proportion kappa_j (Sec. 3.5)."""
+  """Member 0 takes `patch`; members j >= 1 share the complement in proportion kappa_j
+  (docs/method.md §3.4)."""
   num_members = kappa.shape[1]
   rest = kappa[:, 1:]
-  total = tf.reduce_sum(rest, axis=1, keepdims=True)
-  share = tf.where(total > 0, rest / tf.maximum(total, 1e-12), 1.0 / (num_members - 1))
+  total = ops.sum(rest, axis=1, keepdims=True)
+  # Normalise by the exact total, however small (a Dirichlet with a small alpha gives members
+  # ratios far below 1e-12); only an all-zero complement falls back to equal shares.
+  positive = total > 0
+  share = ops.where(positive, rest / ops.where(positive, total, 1.0), 1.0 / (num_members - 1))
   patch = patch[:, None, :, :, None]  # [B, 1, H, W, 1]
   others = (1.0 - patch) * share[:, :, None, None, None]
-  return tf.concat([patch, others], axis=1)
+  return ops.concatenate([patch, others], axis=1)
 
 
 def sample_masks(batch_size, height: int, width: int, num_members: int, method: str = "linear",
                  alpha: float = 2.0, patch_probability=0.5, seed=0, batch_seed=None):
-  """Samples MixMo masks and realised ratios for one batch.
+  """Samples MixMo masks and realised ratios for one batch (docs/method.md §3.2-§3.4).
 
   Args:
     batch_size: B (int or scalar tensor).
@@ -214,7 +211,7 @@ def sample_masks(batch_size, height: int, width: int, num_members: int, method: 
     alpha: Dirichlet / Beta concentration.
     patch_probability: p. Patch methods use the patch mask with probability p and the linear mask
       otherwise, drawn once per batch as in the reference (docs/method.md §3.2 step 7, Sec. 4).
-    seed: int or [2] int32 tensor; the result is a pure function of it (and of batch_seed).
+    seed: int or [2] integer tensor; the result is a pure function of it (and of batch_seed).
     batch_seed: optional seed of the per-batch draws (cut-vs-linear, role shuffle). Under data
       parallelism pass one shared by all replicas, so that the whole global batch takes one
       decision (docs/method.md §3.2 step 7) while per-example draws differ per replica.
@@ -227,27 +224,25 @@ def sample_masks(batch_size, height: int, width: int, num_members: int, method: 
     raise ValueError(f"Unknown mixing method {method!r}; expected one of {mixing_methods()}.")
   if num_members < 1:
     raise ValueError(f"num_members must be >= 1, got {num_members}.")
-  seed = _as_seed(seed)
-  seed_kappa, seed_patch, seed_coin, seed_perm = _split(seed, 4)
-  if batch_seed is not None:
-    seed_coin, seed_perm = _split(_as_seed(batch_seed), 2)
   if num_members == 1:
-    return tf.ones([batch_size, 1, height, width, 1], tf.float32), tf.ones([batch_size, 1])
+    return ops.ones([batch_size, 1, height, width, 1], "float32"), ops.ones([batch_size, 1])
+  seed_kappa, seed_patch, seed_coin, seed_perm = rng.split_list(seed, 4)
+  if batch_seed is not None:
+    seed_coin, seed_perm = rng.split_list(batch_seed, 2)
   if method == "mimo":
-    kappa = tf.fill([batch_size, num_members], 1.0 / num_members)
+    kappa = ops.full([batch_size, num_members], 1.0 / num_members, "float32")
     return _linear_masks(kappa, height, width), kappa
   kappa = sample_kappa(batch_size, num_members, alpha, seed_kappa)
   masks = _linear_masks(kappa, height, width)
   if method == "linear":
     return masks, kappa
   patch = PATCH_SAMPLERS[method](seed_patch, kappa[:, 0], height, width)
-  use_patch = tf.random.stateless_uniform([], seed_coin) < tf.cast(patch_probability, tf.float32)
-  masks = tf.where(use_patch, _patch_masks(patch, kappa), masks)
+  use_patch = rng.uniform([], seed_coin) < ops.cast(patch_probability, "float32")
+  masks = ops.where(use_patch, _patch_masks(patch, kappa), masks)
   # Role shuffle, once per batch: the patched member is a random one (docs/method.md §3.2 step 6).
-  perm = tf.argsort(tf.random.stateless_uniform([num_members], seed_perm))
-  masks = tf.gather(masks, perm, axis=1)
-  kappa = tf.reduce_mean(masks, axis=[2, 3, 4])
-  return masks, kappa
+  perm = ops.argsort(rng.uniform([num_members], seed_perm))
+  masks = ops.take(masks, perm, axis=1)
+  return masks, ops.mean(masks, axis=[2, 3, 4])
 
 
 @keras.saving.register_keras_serializable(package="mixmo_tf")

@@ -11,8 +11,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-# Names accepted by `make_optimizer`.
-OPTIMIZERS = ("pytorch", "keras")
+from mixmo_tf.config import OPTIMIZERS  # Names accepted by `make_optimizer`.
 
 
 @keras.saving.register_keras_serializable(package="mixmo_tf")

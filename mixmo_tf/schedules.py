@@ -1,4 +1,7 @@
-"""Learning-rate and patch-probability schedules of the official MixMo runs (docs/method.md §4 and 7)."""
+"""Learning-rate and patch-probability schedules of the official MixMo runs (docs/method.md §4, §7).
+
+In `keras.ops`: the TensorFlow loop, its optimizer and any other Keras backend share them.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import math
 from typing import Sequence
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 # p(e) stays at p0 until e / E reaches 11/12, then decays linearly to 0 at the last epoch (Sec. 4).
 PATCH_DECAY_START = 11.0 / 12.0
@@ -15,13 +18,14 @@ PATCH_DECAY_START = 11.0 / 12.0
 def patch_probability(epoch, total_epochs, p0):
   """p(e) for the 1-based epoch e: p0 while e/E < 11/12, then p0 * max(0, (1 - e/E) * 12).
 
-  Works on Python numbers and on tensors (inside `tf.function`).
+  Works on Python numbers and on tensors (inside `tf.function` or `jax.jit`); docs/method.md §4.
   """
-  rho = tf.cast(epoch, tf.float32) / float(total_epochs)
-  decayed = p0 * tf.maximum(0.0, (1.0 - rho) / (1.0 - PATCH_DECAY_START))
-  # rho < 11/12 tested on integers (12 e < 11 E), so p is exactly p0 up to the decay.
-  before = 12 * tf.cast(epoch, tf.int64) < 11 * int(total_epochs)
-  return tf.where(before, tf.cast(p0, tf.float32), tf.cast(decayed, tf.float32))
+  rho = ops.cast(epoch, "float32") / float(total_epochs)
+  decayed = p0 * ops.maximum(0.0, (1.0 - rho) / (1.0 - PATCH_DECAY_START))
+  # rho < 11/12 tested on integers (12 e < 11 E), so p is exactly p0 up to the decay. int32 (JAX
+  # has no int64 by default) holds 12 e for any e below 178 million epochs.
+  before = 12 * ops.cast(epoch, "int32") < 11 * int(total_epochs)
+  return ops.where(before, ops.cast(p0, "float32"), ops.cast(decayed, "float32"))
 
 
 @keras.saving.register_keras_serializable(package="mixmo_tf")
@@ -42,13 +46,14 @@ class WarmupPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
     self.decay_factor = float(decay_factor)
 
   def __call__(self, step):
-    k = tf.cast(step, tf.float32) + 1.0
-    epoch = tf.floor((k - 1.0) / self.steps_per_epoch) + 1.0
-    num_decays = tf.add_n([tf.cast(epoch >= m, tf.float32) for m in self.milestones] +
-                          [tf.constant(0.0)])
-    lr = self.base_learning_rate * tf.pow(self.decay_factor, num_decays)
+    k = ops.cast(step, "float32") + 1.0
+    epoch = ops.floor((k - 1.0) / self.steps_per_epoch) + 1.0
+    num_decays = ops.zeros((), "float32")
+    for m in self.milestones:
+      num_decays = num_decays + ops.cast(epoch >= m, "float32")
+    lr = self.base_learning_rate * ops.power(self.decay_factor, num_decays)
     if self.warmup_steps > 0:
-      lr *= tf.minimum(1.0, k / self.warmup_steps)
+      lr = lr * ops.minimum(1.0, k / self.warmup_steps)
     return lr
 
   def get_config(self):

@@ -9,6 +9,7 @@ the same command resumes from the latest checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -23,15 +24,16 @@ import tensorflow as tf
 from absl import logging
 
 from mixmo_tf import data as data_lib
-from mixmo_tf import distribute, metrics, predict, schedules
+from mixmo_tf import distribute, metrics, optimizers, predict, runtime, schedules
 from mixmo_tf import step as step_lib
 from mixmo_tf.config import Config
 from mixmo_tf.models import build_from_config
+from mixmo_tf.models.common import set_batch_norm_sync
 from mixmo_tf.run_dir import RunDir, RunFolderError, log_resumed
 from mixmo_tf.tfds_data import DatasetUnavailableError
 
 SUMMARY_KEYS = ("top1", "top5", "nll", "ece", "top1_members_mean")
-HISTORY_KEYS = ("top1", "top5", "nll", "top1_members_mean")
+HISTORY_KEYS = ("top1", "top5", "nll", "nll_c", "ece", "top1_members_mean")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -83,11 +85,41 @@ class ProgressLog:
       tf.summary.scalar("train/images_per_second", rate * c.batch_size)
 
 
+def best_on_test(history: List[Dict]) -> Optional[Dict]:
+  """The evaluated epoch with the best test Top-1 (ties: the later one) and its metrics, as the
+  official code selects its checkpoint: selected on the test set, so not a clean estimate
+  (docs/method.md §10.5, §17). None if no epoch was evaluated."""
+  best = None
+  for entry in history:
+    if "top1" in entry and (best is None or entry["top1"] >= best["top1"]):
+      best = entry
+  if best is None:
+    return None
+  return dict({k: best[k] for k in HISTORY_KEYS if k in best}, epoch=best["epoch"],
+              step=best["step"])
+
+
+def resolve_precision(config: Config, strategy) -> Config:
+  """Config with --precision=auto resolved for this machine (runtime.resolve_precision), or the
+  precision of the run being resumed, so a resume never switches it silently; logged."""
+  saved = os.path.join(config.output_dir, "config.json")
+  if config.precision == "auto" and not config.overwrite and os.path.exists(saved):
+    with open(saved) as f:
+      precision, reason = json.load(f).get("precision", "float32"), "kept from the resumed run"
+  else:
+    accelerator = any("GPU" in d or "TPU" in d for d in strategy.extended.worker_devices)
+    precision = runtime.resolve_precision(config.precision, "tensorflow", accelerator)
+    reason = runtime.precision_reason(config.precision, "tensorflow", accelerator)
+  logging.info("Precision %s (%s).", precision, reason)
+  return dataclasses.replace(config, precision=precision)
+
+
 def build_trainer(config: Config, strategy: Optional[tf.distribute.Strategy] = None) -> "Trainer":
   """Validates `config` (before any data is read), prepares the run folder, sets the seed and
   the dtype policy, loads the data and builds the Trainer."""
   strategy = strategy or distribute.create_strategy(config.strategy, config.tpu)
   config.validate(strategy.num_replicas_in_sync)
+  config = resolve_precision(config, strategy)
   folder = RunDir.prepare(config, distribute.is_chief(strategy), distribute.worker_id(strategy))
   try:
     if config.corruptions == "cifar10_c":  # Fail now, not after training, if it cannot be had.
@@ -96,7 +128,13 @@ def build_trainer(config: Config, strategy: Optional[tf.distribute.Strategy] = N
                                  config.corruptions_dir or None)
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_dtype_policy(config.precision)
-    return Trainer(config, strategy, data_lib.load(config), folder)
+    data = data_lib.load(config)
+    ood_sets = {}
+    if config.ood:  # Read (and check) every OOD set now, not after training.
+      from mixmo_tf import ood_data
+      ood_sets = ood_data.ood_datasets(config.ood, ood_data.tfds_data_dir(config),
+                                       data[2].image_shape)
+    return Trainer(config, strategy, data, folder, ood_sets)
   except BaseException:
     folder.release()
     raise
@@ -105,8 +143,10 @@ def build_trainer(config: Config, strategy: Optional[tf.distribute.Strategy] = N
 class Trainer:
   """Trains and evaluates one configuration: a coordinator of the step, the data and the folder."""
 
-  def __init__(self, config: Config, strategy: tf.distribute.Strategy, data, folder: RunDir):
+  def __init__(self, config: Config, strategy: tf.distribute.Strategy, data, folder: RunDir,
+               ood_sets: Optional[Dict] = None):
     self.config, self.strategy, self.run_dir = config, strategy, folder
+    self.ood_sets = ood_sets or {}
     self.train_data, self.test_data, self.info = data
     self.steps_per_epoch = data_lib.steps_per_epoch(self.info, config.unique_batch_size)
     if self.steps_per_epoch < 1:
@@ -118,6 +158,7 @@ class Trainer:
       self.total_steps = min(self.total_steps, config.max_steps)
     with strategy.scope():
       self.model = build_from_config(config, self.info)
+      set_batch_norm_sync(self.model, config.sync_batch_norm)
       self.schedule = schedules.WarmupPiecewiseSchedule(
           config.base_lr, self.steps_per_epoch, milestones=config.lr_decay_epochs,
           warmup_steps=schedules.warmup_steps(self.info.num_train, config.batch_size,
@@ -127,8 +168,8 @@ class Trainer:
       # the steps it skips on overflow, and the LR, p(e), seeds and data position follow batches.
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-      self.optimizer = keras.optimizers.SGD(lambda: self.schedule(self.step), momentum=0.9,
-                                            nesterov=True)
+      # SGD, momentum 0.9, Nesterov; by default in the official code's form (docs/method.md §7).
+      self.optimizer = optimizers.make_optimizer(config.optimizer, lambda: self.schedule(self.step))
       if config.precision == "mixed_float16":
         self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
       self.optimizer.build(self.model.trainable_variables)
@@ -189,14 +230,18 @@ class Trainer:
       raise RuntimeError(f"Step {start_step} is not in epoch {epoch + 1} "
                          f"({self.steps_per_epoch} steps per epoch).")
     partner_batch = c.batch_size * c.num_members if c.msda != "none" else 0
-    augmix = (c.augmix_width, c.augmix_depth, c.augmix_severity) if c.augmix else None
     ds = data_lib.train_batches(self.train_data, self.info, c.unique_batch_size, c.seed, epoch,
-                                skip_batches=skip, partner_batch_size=partner_batch,
-                                augmix=augmix)
+                                skip_batches=skip, partner_batch_size=partner_batch)
     options = tf.data.Options()
     # In-memory data: shard by element across workers (each keeps its part of every batch).
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    dist = self.strategy.experimental_distribute_dataset(ds.with_options(options))
+    if self.strategy.num_replicas_in_sync == 1 and not isinstance(
+        self.strategy, tf.distribute.TPUStrategy):
+      # One replica: nothing to split, and the multi-device iterator would wrap the batches in a
+      # GeneratorDataset that tf.data cannot optimise (and warns about, every epoch).
+      dist = ds
+    else:
+      dist = self.strategy.experimental_distribute_dataset(ds.with_options(options))
     epoch_t = tf.constant(epoch + 1, tf.int64)
     step, window, t0 = start_step, [], time.time()
     for batch in dist:
@@ -251,12 +296,18 @@ class Trainer:
     with self.writer.as_default(step=step):
       for k in SUMMARY_KEYS:
         tf.summary.scalar(f"test/{k}", results[k])
-    return {k: results[k] for k in HISTORY_KEYS}
+    return {k: results[k] for k in HISTORY_KEYS if k in results}
 
   def _finish(self, history: List[Dict]) -> Dict:
     """Final evaluation (and corruptions), timing, results.json and the exported models."""
     c = self.config
-    results = self.evaluate()
+    test_logits, labels = predict.predict_dataset(self.predictor, self.test_data, name="test set")
+    results = metrics.evaluate_logits(test_logits, labels, c.ensemble)
+    if self.ood_sets:  # docs/method.md §17: each set scored against the test set.
+      from mixmo_tf import ood, ood_data
+      results["ood"] = {name: ood.evaluate_ood(test_logits, logits, c.ensemble)
+                        for name, logits in ood_data.ood_logits(self.predictor,
+                                                                self.ood_sets).items()}
     if c.corruptions != "none":
       from mixmo_tf.evaluate import corruption_results
       results["corruptions"] = corruption_results(self.predictor, c.corruptions,
@@ -268,6 +319,7 @@ class Trainer:
                    global_step=self.global_step,
                    epochs_completed=self.global_step / self.steps_per_epoch,
                    test_top1_per_epoch=[(h["epoch"], h["top1"]) for h in history if "top1" in h],
+                   best_on_test=best_on_test(history),
                    weights_fingerprint=weights_fingerprint(self.model))
     logging.info("Weights fingerprint %s at step %d.", results["weights_fingerprint"],
                  self.global_step)
@@ -286,6 +338,8 @@ def main(argv):
   del argv
   from absl import flags
   from mixmo_tf.config import config_from_flags
+  runtime.use_absl_handler_for_tensorflow()
+  runtime.log_environment_once()
   config = config_from_flags(flags.FLAGS)
   config.validate()  # Early, before any strategy or data; validated again with the replicas.
   try:

@@ -25,3 +25,12 @@ def cifar10_folder(tmp_path_factory):
   with tarfile.open(SHARED_DATA) as tar:
     tar.extractall(dest, filter="data")
   return dest / "cifar10"
+
+
+@pytest.fixture(autouse=True)
+def float32_policy_after_each_test():
+  """A run sets Keras' process-wide dtype policy (--precision); later tests build models in the
+  same process and must start from float32 again."""
+  yield
+  import keras
+  keras.mixed_precision.set_dtype_policy("float32")

@@ -1,6 +1,8 @@
 """Small shared helpers for the tests."""
 
+import contextlib
 import dataclasses
+from unittest import mock
 
 from mixmo_tf.config import Config
 
@@ -9,6 +11,20 @@ def tiny_config(output_dir, **overrides) -> Config:
   """A seconds-long digits run: WRN-10-1, M=2, Cut-MixMo, b=2."""
   values = dict(dataset="digits", depth=10, width=1, num_members=2, mixing="cutmix",
                 batch_repetitions=2, batch_size=32, epochs=2, lr_decay_epochs=(2,), seed=7,
-                log_every_steps=1000, output_dir=str(output_dir))
+                log_every_steps=1000, precision="float32", output_dir=str(output_dir))
   values.update(overrides)
   return dataclasses.replace(Config(), **values)
+
+
+@contextlib.contextmanager
+def offline():
+  """Every HTTP(S) request fails as without a network (below TFDS's downloader and retries)."""
+  import requests
+
+  def send(self, request, **kwargs):
+    del self, kwargs
+    raise requests.exceptions.ConnectionError(
+        f"Failed to resolve host for {request.url} (network is unreachable)")
+
+  with mock.patch.object(requests.adapters.HTTPAdapter, "send", send):
+    yield

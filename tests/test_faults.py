@@ -26,6 +26,7 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
 SMALL = dict(train_subset=256, epochs=2, checkpoint_frequency=1, eval_frequency=100)
 CLI = ["--dataset=digits", "--depth=10", "--width=1", "--num_members=2", "--batch_size=32",
        "--batch_repetitions=2", "--train_subset=256", "--lr_decay_epochs=3", "--seed=3",
+       "--precision=float32",
        "--log_every_steps=1", "--checkpoint_frequency=1", "--eval_frequency=100"]
 
 

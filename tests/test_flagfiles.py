@@ -29,7 +29,7 @@ def test_generated_flagfiles_are_committed_and_current():
   expected = {pathlib.Path(p): generate.render(p, s) for p, s in generate.rows()}
   for rel, text in expected.items():
     assert (REPO / "flags" / rel).read_text() == text, rel
-  assert len(expected) == 64 and len(FLAGFILES) == 65  # + quickstart.flags
+  assert len(expected) == 65 and len(FLAGFILES) == 66  # + quickstart.flags
 
 
 def test_paper_rows_hold_reference_settings():
@@ -39,6 +39,7 @@ def test_paper_rows_hold_reference_settings():
                                                                            2.0, 3.0, 0.5)
   assert c.base_lr == pytest.approx(0.0125) and c.lr_decay_epochs == (101, 201, 226)
   assert c.epochs == 300 and c.l2 == 3e-4
+  assert (c.optimizer, c.precision) == ("pytorch", "float32")  # as the official runs
   mimo = parse(REPO / "flags/cifar10/wrn2810-2_mimo_standard_bar2.flags")
   assert (mimo.mixing, mimo.weight_root, mimo.base_lr) == ("mimo", 1.0, pytest.approx(0.025))
   tiny = parse(REPO / "flags/tinyimagenet/res183-2_cutmixmo-p5_standard_bar4.flags")
@@ -46,6 +47,9 @@ def test_paper_rows_hold_reference_settings():
   assert tiny.base_lr == pytest.approx(0.05) and tiny.lr_decay_epochs == (600, 900)
   table4 = parse(REPO / "flags/cifar100/table4/wrn2810-2_cutmixmo-p5_standard_augmix_bar4.flags")
   assert table4.augmix and table4.corruptions == "cifar100_c" and table4.batch_repetitions == 4
+  cutmix_c = parse(REPO / "flags/cifar100/table4/wrn2810_1net_msdacutmix_bar1.flags")
+  assert (cutmix_c.msda, cutmix_c.num_members, cutmix_c.augmix) == ("cutmix", 1, False)
+  assert cutmix_c.corruptions == "cifar100_c"
   vanilla = parse(REPO / "flags/cifar100/wrn2810_1net_standard_bar1.flags")
   assert vanilla.base_lr == pytest.approx(0.05) and vanilla.num_members == 1
 

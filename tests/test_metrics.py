@@ -137,3 +137,23 @@ def test_tables_tool_members_timing_and_curves(tmp_path, capsys):
     assert (np.abs(pixels - colour).sum(axis=1) < 10).sum() > 50, colour
   with pytest.raises(SystemExit, match="no run recorded"):
     tables.main([str(tmp_path / "old"), f"--curves={tmp_path / 'none.png'}"])
+
+
+def test_best_on_test_picks_the_later_of_tied_epochs_and_tables_label_it(tmp_path, capsys):
+  import json
+  from mixmo_tf import tables
+  from mixmo_tf.train import best_on_test
+  history = [{"epoch": 1, "step": 10, "top1": 0.5, "nll": 1.0},
+             {"epoch": 2, "step": 20, "top1": 0.7, "nll": 0.8},
+             {"epoch": 3, "step": 30},  # not evaluated
+             {"epoch": 4, "step": 40, "top1": 0.7, "nll": 0.9},
+             {"epoch": 5, "step": 50, "top1": 0.6, "nll": 0.7}]
+  assert best_on_test(history) == {"epoch": 4, "step": 40, "top1": 0.7, "nll": 0.9}
+  assert best_on_test([{"epoch": 1, "step": 5}]) is None
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "results.json").write_text(json.dumps(
+      {"top1": 0.6, "nll": 0.7, "diversity_dre": 0.5, "best_on_test": best_on_test(history)}))
+  tables.main([str(tmp_path / "run"), "--best_on_test"])
+  row = capsys.readouterr().out.splitlines()[2]
+  assert row.startswith("| run (best on test: epoch 4) | 70.00 | - | 0.900 |"), row
+  assert row.endswith("| - |")  # d_re of the last epoch is not shown as the best epoch's

@@ -6,7 +6,9 @@ import pytest
 import tensorflow as tf
 
 from mixmo_tf import build_model, mixmo_loss, sample_masks
-from mixmo_tf.models.common import BN_EPSILON, BN_MOMENTUM, FusedBatchNorm
+from mixmo_tf.models import common
+from mixmo_tf.models.common import (BN_EPSILON, BN_MOMENTUM, FusedBatchNorm,
+                                     set_batch_norm_sync)
 
 
 def trainable_count(model):
@@ -195,3 +197,82 @@ def test_fused_batch_norm_matches_the_reference_equations():
   expected = ((x - layer.moving_mean.numpy()) / np.sqrt(layer.moving_variance.numpy() + 1e-5)
               * np.arange(1, 6) + 0.5)
   np.testing.assert_allclose(inference, expected, rtol=1e-4, atol=1e-4)
+
+
+def _batch_norm_pair(x, **kwargs):
+  """Two built FusedBatchNorms with equal, non-trivial weights, synchronized on and off."""
+  layers = [FusedBatchNorm(synchronized=sync, **kwargs) for sync in (True, False)]
+  for layer in layers:
+    layer.build(x.shape)
+    layer.gamma.assign(np.linspace(0.5, 2.0, x.shape[-1]).astype(np.float32))
+    layer.beta.assign(np.linspace(-1.0, 1.0, x.shape[-1]).astype(np.float32))
+    layer.moving_mean.assign(np.full(x.shape[-1], 0.3, np.float32))
+    layer.moving_variance.assign(np.full(x.shape[-1], 2.0, np.float32))
+  return layers
+
+
+def test_synchronized_batch_norm_outside_a_strategy_is_the_fused_kernel_bit_for_bit():
+  """No replicas: synchronized=True takes the fused path, so outputs, gradients and moving
+  statistics are identical to synchronized=False (a refactor must change no number)."""
+  x = tf.constant(np.random.default_rng(2).normal(1.0, 2.0, (6, 3, 3, 4)), tf.float32)
+  results = []
+  for layer in _batch_norm_pair(x):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      out = layer(x, training=True)
+      loss = tf.reduce_sum(out * tf.range(4, dtype=tf.float32))
+    grads = tape.gradient(loss, [x, layer.gamma.value, layer.beta.value])
+    results.append([out, *grads, layer.moving_mean, layer.moving_variance,
+                    layer(x, training=False)])
+  for a, b in zip(*results):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+class _FakeReplicaContext:
+  """Stands in for `copies` replicas that all hold the same batch: all_reduce(SUM) multiplies."""
+
+  def __init__(self, copies):
+    self.copies = copies
+
+  def all_reduce(self, reduce_op, values):
+    assert reduce_op == tf.distribute.ReduceOp.SUM, reduce_op
+    return [v * self.copies for v in values]
+
+
+@pytest.mark.parametrize("copies", [1, 2])
+def test_synchronized_batch_norm_branch_matches_the_fused_kernel(monkeypatch, copies):
+  """The all-reduce branch (docs/method.md §12.11): with `copies` replicas each holding x, outputs
+  and moving statistics equal the fused kernel on the concatenated batch; with one, gradients too.
+  """
+  rng = np.random.default_rng(3)
+  x = tf.constant(rng.normal(1.0, 2.0, (6, 3, 3, 4)), tf.float32)
+  weights = tf.constant(rng.normal(size=(6, 3, 3, 4)), tf.float32)  # Gradients far from 0.
+  synced, fused = _batch_norm_pair(x)
+  monkeypatch.setattr(common, "_replica_context_in_sync", lambda: _FakeReplicaContext(copies))
+  results = []
+  for layer, inputs in [(synced, x), (fused, tf.concat([x] * copies, 0))]:
+    with tf.GradientTape() as tape:
+      tape.watch(inputs)
+      out = layer(inputs, training=True)[:6]
+      loss = tf.reduce_sum(out * weights)
+    grads = tape.gradient(loss, [inputs, layer.gamma.value, layer.beta.value])
+    results.append([out, layer.moving_mean, layer.moving_variance]
+                   + (grads if copies == 1 else []))
+  for a, b in zip(*results):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+  mixed = FusedBatchNorm(dtype="mixed_float16")
+  assert mixed(x, training=True).dtype == tf.float16  # Cast back to the compute dtype.
+
+
+def test_fused_batch_norm_config_round_trip_and_sync_switch():
+  layer = FusedBatchNorm(synchronized=False, name="bn")
+  config = layer.get_config()
+  assert config["synchronized"] is False
+  assert FusedBatchNorm.from_config(config).synchronized is False
+  del config["synchronized"]  # A config saved before the argument existed.
+  assert FusedBatchNorm.from_config(config).synchronized is True
+  model = _tiny()
+  bns = [l for l in model.layers if isinstance(l, FusedBatchNorm)]
+  assert bns and all(l.synchronized for l in bns)
+  assert set_batch_norm_sync(model, False) == len(bns)
+  assert not any(l.synchronized for l in bns)

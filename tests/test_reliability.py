@@ -185,3 +185,14 @@ def test_weights_finite_at_extremes(k, r):
   w = mixmo_weights(tf.constant(kappa), r).numpy()
   assert np.all(np.isfinite(w))
   np.testing.assert_allclose(w.sum(), kappa.shape[1], rtol=1e-4)
+
+
+def test_resume_keeps_the_precision_the_run_started_with(tmp_path):
+  import json
+  train.run(tiny_config(tmp_path, max_steps=2, precision="float32"))
+  with pytest.raises(ValueError, match="--precision: 'float32' there, 'mixed_bfloat16' now"):
+    train.run(tiny_config(tmp_path, max_steps=3, precision="mixed_bfloat16"))
+  # auto resolves to the saved precision, whatever this machine would pick for a new run.
+  results = train.run(tiny_config(tmp_path, max_steps=3, precision="auto"))
+  assert results["global_step"] == 3
+  assert json.loads((tmp_path / "config.json").read_text())["precision"] == "float32"

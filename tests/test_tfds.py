@@ -17,11 +17,10 @@ from unittest import mock
 import keras
 import numpy as np
 import pytest
-import requests
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tests.helpers import tiny_config
+from tests.helpers import offline, tiny_config
 from mixmo_tf import corruptions, tfds_data, train
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -104,18 +103,6 @@ def _fake_download(url, extracted):
     yield calls
 
 
-@contextlib.contextmanager
-def _offline():
-  """Every HTTP(S) request fails as without a network (below TFDS's downloader and retries)."""
-  def send(self, request, **kwargs):
-    del self, kwargs
-    raise requests.exceptions.ConnectionError(
-        f"Failed to resolve host for {request.url} (network is unreachable)")
-
-  with mock.patch.object(requests.adapters.HTTPAdapter, "send", send):
-    yield
-
-
 def _prepare(name, url, extracted, data_dir):
   with _fake_download(url, extracted) as calls:
     tfds_data.prepared_builder(name, str(data_dir))
@@ -163,7 +150,7 @@ def test_cifar100_real_builder_then_two_training_steps(tmp_path):
   order, expected = np.argsort(labels, kind="stable"), np.argsort(test_labels, kind="stable")
   np.testing.assert_array_equal(labels[order], test_labels[expected])
   np.testing.assert_array_equal(images[order], test_images[expected])
-  with _offline():  # Prepared: training must not touch the network.
+  with offline():  # Prepared: training must not touch the network.
     results = train.run(tiny_config(tmp_path / "run", dataset="cifar100", data_dir=str(data_dir),
                                     max_steps=2, depth=10, width=1))
   assert results["global_step"] == 2
@@ -209,7 +196,7 @@ def test_offline_training_dataset_one_clear_error(tmp_path):
   def no_layer(self, *args, **kwargs):  # Stops before building any model.
     raise AssertionError(f"a Keras layer was built: {type(self).__name__}")
 
-  with _offline(), mock.patch.object(keras.layers.Layer, "__init__", no_layer), \
+  with offline(), mock.patch.object(keras.layers.Layer, "__init__", no_layer), \
       pytest.raises(tfds_data.DatasetUnavailableError) as error:
     train.run(tiny_config(tmp_path / "run", dataset="cifar100", data_dir=data_dir, max_steps=2))
   _check_unavailable(error, "cifar100", "--data_dir", data_dir)
@@ -219,7 +206,7 @@ def test_offline_training_dataset_one_clear_error(tmp_path):
 def test_offline_cifar10_c_one_clear_error(tmp_path):
   data_dir = str(tmp_path / "tfds")
   datasets = corruptions.cifar10_c_datasets(data_dir, corruptions=("fog",), severities=(1,))
-  with _offline(), pytest.raises(tfds_data.DatasetUnavailableError) as error:
+  with offline(), pytest.raises(tfds_data.DatasetUnavailableError) as error:
     next(datasets)
   _check_unavailable(error, "cifar10_corrupted/fog_1", "--corruptions_dir",
                      data_dir)
@@ -246,7 +233,7 @@ def test_prepared_copy_is_used_offline_never_downloaded(tmp_path):
   def no_download(self, url_or_urls):
     raise AssertionError(f"download attempted: {url_or_urls}")
 
-  with _offline(), mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
+  with offline(), mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
                                      no_download):
     test_ds, num_test, num_classes = tfds_data.load_split("cifar100", "test", str(copy))
     _, num_train, _ = tfds_data.load_split("cifar100", "train", str(copy))

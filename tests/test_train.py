@@ -29,6 +29,17 @@ def quickstart_run(tmp_path_factory):
   return out
 
 
+def tolerances(run):
+  """Agreement expected between a run's own evaluation and a reloaded model: float32 to rounding;
+  mixed_bfloat16 (--precision=auto on a CPU with native bf16) to bf16's 8-bit mantissa, where
+  the folded stem and another summation order may also flip a near-tie (1 test image in 100)."""
+  precision = json.loads((run / "config.json").read_text())["precision"]
+  if precision == "float32":
+    return dict(probs=1e-5, metric=1e-4, top1=1e-9, dre=1e-4)
+  # d_re is a ratio of error counts: with a handful of test errors one flip moves it by ~0.5.
+  return dict(probs=3e-2, metric=2e-2, top1=0.01, dre=None)
+
+
 @pytest.mark.slow
 def test_quickstart_accuracy_and_artifacts(quickstart_run):
   results = json.loads((quickstart_run / "results.json").read_text())
@@ -42,6 +53,9 @@ def test_quickstart_accuracy_and_artifacts(quickstart_run):
   assert "--num_members=2" in (quickstart_run / "flags.txt").read_text()
   for key in ("top5", "nll", "top1_member_0", "top1_member_1", "nll_c", "ece"):
     assert key in results
+  best = results["best_on_test"]  # evaluated every 5 epochs: one of 5, 10, ..., 30
+  assert best["epoch"] in range(5, 31, 5) and best["top1"] >= results["top1"] - 1e-12
+  assert json.loads((quickstart_run / "config.json").read_text())["precision"] != "auto"
 
 
 @pytest.mark.slow
@@ -78,8 +92,9 @@ np.save({str(tmp_path / 'member.npy')!r}, out['member_probs'].numpy())
   assert proc.returncode == 0, proc.stderr[-3000:]
   member = tf.nn.softmax(logits).numpy()
   ensemble = tf.nn.softmax(logits.mean(axis=1)).numpy()
-  np.testing.assert_allclose(np.load(tmp_path / "member.npy"), member, atol=1e-5)
-  np.testing.assert_allclose(np.load(tmp_path / "probs.npy"), ensemble, atol=1e-5)
+  tol = tolerances(quickstart_run)["probs"]
+  np.testing.assert_allclose(np.load(tmp_path / "member.npy"), member, atol=tol)
+  np.testing.assert_allclose(np.load(tmp_path / "probs.npy"), ensemble, atol=tol)
 
 
 @pytest.mark.slow
@@ -87,14 +102,17 @@ def test_evaluate_reproduces_quickstart_results_and_plots(quickstart_run, tmp_pa
   from PIL import Image
   from mixmo_tf import evaluate
   trained = json.loads((quickstart_run / "results.json").read_text())
+  tol = tolerances(quickstart_run)
   for source in (quickstart_run, quickstart_run / "model.keras", quickstart_run / "saved_model"):
     out = tmp_path / source.name
     results = evaluate.evaluate_path(str(source), output_dir=str(out),
                                      plots=source.name == "run")
     for key in ("top1", "top5", "top1_member_0", "top1_member_1"):
-      assert results[key] == pytest.approx(trained[key], abs=1e-9), (source, key)
-    for key in ("nll", "nll_c", "ece", "diversity_dre"):
-      assert results[key] == pytest.approx(trained[key], abs=1e-4), (source, key)
+      assert results[key] == pytest.approx(trained[key], abs=tol["top1"]), (source, key)
+    for key in ("nll", "nll_c", "ece"):
+      assert results[key] == pytest.approx(trained[key], abs=tol["metric"]), (source, key)
+    if tol["dre"] is not None:
+      assert results["diversity_dre"] == pytest.approx(trained["diversity_dre"], abs=tol["dre"])
     assert json.loads((out / "metrics.json").read_text())["top1"] == results["top1"]
     assert (out / "metrics_row.md").read_text().count("|") > 8
   for name in ("reliability", "member_vs_ensemble", "stem_filters", "active_filters"):
@@ -130,13 +148,20 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path):
 
 
 def test_mirrored_two_replicas_equals_single_device_update():
-  proc = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "mirrored_equivalence.py")],
-                        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+  script = REPO / "tests" / "scripts" / "mirrored_equivalence.py"
+  proc = subprocess.run([sys.executable, str(script)], cwd=REPO, env=ENV, capture_output=True,
+                        text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("MAXDIFF")][-1]
-  diff, moved = float(line.split()[1]), float(line.split()[3])
-  assert moved > 1e-3  # the step did change the weights
+  fields = line.split()
+  values = dict(zip(fields[0::2], fields[1::2]))
+  diff, moved = float(values["MAXDIFF"]), float(values["MOVED"])
+  bn_diff, replica_bn_diff = float(values["BNDIFF"]), float(values["REPLICA_BN_DIFF"])
+  assert moved > 1e-3, line  # the step did change the weights
   assert diff < 1e-5, line
+  # Synchronized BN: the moving statistics are the global batch's, equal on both replicas.
+  assert bn_diff < 1e-5, line
+  assert replica_bn_diff < 1e-6, line
 
 
 def test_training_runs_all_methods_two_steps(tmp_path):

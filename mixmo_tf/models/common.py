@@ -4,6 +4,9 @@ Porting constants from the official PyTorch implementation (docs/method.md §2.1
 - BatchNorm momentum 0.1 in PyTorch = 0.9 in Keras; epsilon 1e-5 (PyTorch default, Keras' is 1e-3).
 - Conv / dense kernels: truncated normal cut at 2 std with std sqrt(2 / fan_in) / 0.8796 = Keras
   `he_normal`. No conv has a bias.
+
+Backend-agnostic: everything here runs on any Keras backend; TensorFlow is imported lazily, only by
+FusedBatchNorm's TensorFlow fast path, so the models build and load under JAX without it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import functools
 import math
 
 import keras
-import tensorflow as tf
 
 from mixmo_tf.mixing import MixingLayer
 
@@ -34,12 +36,23 @@ class FusedBatchNorm(keras.layers.Layer):
   measured 1.39x faster forward+backward for WRN-28-1 on this CPU (BUILD_NOTES.md). Same weights
   as Keras' layer (gamma, beta, moving_mean, moving_variance), same momentum convention; the moving
   variance is updated with the unbiased batch variance, as PyTorch does (docs/method.md §12.9).
+
+  With `synchronized` (the default) and several replicas in sync, training normalises with the
+  statistics of the global batch instead, as the official one-GPU runs do (docs/method.md §12.11,
+  §18 item 2); on one replica the fused kernel runs unchanged.
+
+  On other backends (JAX, PyTorch) the same weights go through `_portable_call`, the same equations
+  in `keras.ops` (float32 statistics, same momentum, epsilon and unbiased moving variance), so a
+  `.keras` file loads and predicts the same on any backend. There `synchronized` has no effect:
+  a JAX batch sharded by `keras.distribution` is one global array, whose moments are already the
+  global batch's.
   """
 
-  def __init__(self, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, **kwargs):
+  def __init__(self, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=True, **kwargs):
     super().__init__(**kwargs)
     self.momentum = momentum
     self.epsilon = epsilon
+    self.synchronized = synchronized
 
   def build(self, input_shape):
     channels = (input_shape[-1],)
@@ -51,6 +64,14 @@ class FusedBatchNorm(keras.layers.Layer):
     self.moving_variance = weight("moving_variance", "ones", False)
 
   def call(self, inputs, training=None):
+    if keras.backend.backend() != "tensorflow":
+      return self._portable_call(inputs, training)
+    import tensorflow as tf  # Lazily: the other backends run without TensorFlow installed.
+
+    if training:
+      replica = _replica_context_in_sync() if self.synchronized else None
+      if replica is not None:
+        return self._synchronized_training_call(inputs, replica)
     fused = functools.partial(
         tf.raw_ops.FusedBatchNormV3, x=inputs, scale=self.gamma.value, offset=self.beta.value,
         mean=self.moving_mean.value, variance=self.moving_variance.value, epsilon=self.epsilon,
@@ -63,11 +84,84 @@ class FusedBatchNorm(keras.layers.Layer):
       return outputs
     return fused(is_training=False)[0]
 
+  def _synchronized_training_call(self, inputs, replica):
+    """Training step with the global batch's statistics: local per-channel sum, sum of squares
+    and count (float32), summed over replicas by a differentiable all-reduce."""
+    import tensorflow as tf
+
+    x = tf.cast(inputs, tf.float32)
+    axes = list(range(len(x.shape) - 1))
+    count = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
+    local = [tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes), count]
+    total, total_squares, count = replica.all_reduce(tf.distribute.ReduceOp.SUM, local)
+    mean = total / count
+    variance = tf.maximum(total_squares / count - tf.square(mean), 0.0)  # Biased, as the kernel.
+    scale = tf.math.rsqrt(variance + self.epsilon) * self.gamma.value
+    outputs = (x - mean) * scale + self.beta.value
+    # The fused kernel's update: (1 - f) * old + f * batch, unbiased variance (§12.9).
+    factor = 1.0 - self.momentum
+    unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
+    self.moving_mean.assign((1.0 - factor) * self.moving_mean.value + factor * mean)
+    self.moving_variance.assign((1.0 - factor) * self.moving_variance.value + factor * unbiased)
+    return tf.cast(outputs, inputs.dtype)
+
+  def _portable_call(self, inputs, training):
+    """The fused kernel's equations in `keras.ops`, for the backends other than TensorFlow.
+
+    Training: biased batch mean / variance over N, H, W in float32 normalise; the moving statistics
+    become (1 - f) * old + f * batch with f = 1 - momentum and the unbiased batch variance
+    n / (n - 1) (docs/method.md §12.9). Inference: the moving statistics.
+    """
+    ops = keras.ops
+    x = ops.cast(inputs, "float32")
+    if training:
+      axes = tuple(range(len(x.shape) - 1))
+      mean = ops.mean(x, axis=axes)
+      variance = ops.mean(ops.square(x - mean), axis=axes)  # Biased, as the kernel.
+      count = math.prod(x.shape[:-1])  # Static on the non-TF backends (JAX traces fixed shapes).
+      factor = 1.0 - self.momentum
+      unbiased = variance * (count / max(count - 1, 1))
+      self.moving_mean.assign((1.0 - factor) * self.moving_mean.value + factor * mean)
+      self.moving_variance.assign((1.0 - factor) * self.moving_variance.value + factor * unbiased)
+    else:
+      mean, variance = self.moving_mean.value, self.moving_variance.value
+    scale = ops.rsqrt(variance + self.epsilon) * self.gamma.value
+    outputs = (x - mean) * scale + self.beta.value
+    return ops.cast(outputs, inputs.dtype)
+
   def compute_output_shape(self, input_shape):
     return input_shape
 
   def get_config(self):
-    return dict(super().get_config(), momentum=self.momentum, epsilon=self.epsilon)
+    return dict(super().get_config(), momentum=self.momentum, epsilon=self.epsilon,
+                synchronized=self.synchronized)
+
+
+def _replica_context_in_sync():
+  """The current replica context when it spans more than one replica, else None (no strategy,
+  one replica, or cross-replica context). TensorFlow backend only."""
+  import tensorflow as tf
+
+  if not tf.distribute.has_strategy():
+    return None
+  replica = tf.distribute.get_replica_context()
+  if replica is None or replica.num_replicas_in_sync <= 1:
+    return None
+  return replica
+
+
+def set_batch_norm_sync(model, enabled: bool) -> int:
+  """Sets `synchronized` on every FusedBatchNorm of `model` (the `--sync_batch_norm` flag) and
+  returns how many; takes effect at the next trace of the training step."""
+  def walk(layer):
+    for child in getattr(layer, "layers", ()):
+      yield child
+      yield from walk(child)
+
+  layers = [layer for layer in walk(model) if isinstance(layer, FusedBatchNorm)]
+  for layer in layers:
+    layer.synchronized = bool(enabled)
+  return len(layers)
 
 
 def batch_norm(name=None):
@@ -153,12 +247,20 @@ class MixMoModel(keras.Model):
 
   def __call__(self, inputs, *args, **kwargs):
     # Functional models check their input count before `call`: a list of M images means "no masks".
+    return super().__call__(self._with_masks_slot(inputs), *args, **kwargs)
+
+  def call(self, inputs, *args, **kwargs):
+    # JAX's `predict` / `fit` reach `call` through `stateless_call`, not `__call__`: same padding.
+    return super().call(self._with_masks_slot(inputs), *args, **kwargs)
+
+  def _with_masks_slot(self, inputs):
+    """`inputs` with `None` for the optional masks when only the M images are given."""
     if not self.is_folded:
       if not isinstance(inputs, (list, tuple, dict)) and self.num_members == 1:
         inputs = [inputs]  # a vanilla network takes a bare image batch too
       if isinstance(inputs, (list, tuple)) and len(inputs) == self.num_members:
         inputs = list(inputs) + [None]
-    return super().__call__(inputs, *args, **kwargs)
+    return inputs
 
   def folded(self) -> "MixMoModel":
     """The same network for inference with the M stems folded into one (exact: no bias, Sec. 3.1).

@@ -1,0 +1,215 @@
+"""The keras.ops sampling, augmentation, loss and schedule modules on JAX, without TensorFlow.
+
+One subprocess runs this file as a script with KERAS_BACKEND=jax and an import hook that refuses
+tensorflow, tensorflow_probability and tensorflow_datasets (and their submodules). It loads the
+seven modules without running `mixmo_tf/__init__.py` (a hand-made package object; the package's
+own import is not what is tested here), repeats the statistical and wiring checks of
+tests/test_mixing.py and tests/test_step.py under JAX, and prints one "OK <check>" line per check.
+Each backend has its own random streams (mixmo_tf/rng.py): the distributions are checked, not
+the numbers.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+from reference import is_rectangle, reference_cutmix_kappa  # NumPy only, beside this file
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BLOCKED = ("tensorflow", "tensorflow_probability", "tensorflow_datasets")
+CHECKS = ("no tensorflow import", "cutmix kappa follows the reference procedure",
+          "linear kappa is Beta(2, 2)", "p = 0 linear, p = 1 binary",
+          "role shuffle per batch and fair", "M = 3 patch one, interpolate others",
+          "masks sum to 1, kappa = mask mean", "member_batch wiring", "w_r hand values",
+          "same seed, same masks under jax.jit")
+
+
+def test_jax_backend_runs_the_same_functions_without_tensorflow():
+  # XLA's compile time dominates these tiny graphs: skip its LLVM optimisation (not numerics).
+  xla_flags = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+  env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags)
+  result = subprocess.run([sys.executable, __file__], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr[-5000:]
+  lines = result.stdout.splitlines()
+  for check in CHECKS:
+    assert f"OK {check}" in lines, (check, result.stdout)
+
+
+def test_rng_seeds_and_small_concentrations():
+  """mixmo_tf.rng on the test process's backend: int seeds, bad seeds named, finite Dirichlet."""
+  import numpy as np
+  import pytest
+  from scipy import stats
+
+  from mixmo_tf import rng
+  np.testing.assert_array_equal(np.asarray(rng.as_seed(5)).astype(np.int64), [5, 0])
+  np.testing.assert_array_equal(np.asarray(rng.as_seed(2**32 + 3)).astype(np.int64), [3, 1])
+  with pytest.raises(ValueError, match=r"\(3,\)"):
+    rng.as_seed(np.arange(3))
+  with pytest.raises(ValueError, match=str(2**70)):
+    rng.as_seed(2**70)
+  with pytest.raises(ValueError, match="-1.0"):
+    rng.dirichlet([4], 0, -1.0, 2)
+  children = np.asarray(rng.split(7, 3)).tolist() + [np.asarray(rng.fold_in(7, 0)).tolist()]
+  assert len({tuple(c) for c in children}) == 4
+  np.testing.assert_array_equal(rng.uniform([6], rng.fold_in(7, 3)),
+                                rng.uniform([6], rng.fold_in(7, 3)))
+  # alpha = 0.05: most float32 Gamma(0.05) draws are tiny; the log-space draw keeps rows finite.
+  kappa = np.asarray(rng.dirichlet([4000], 1, 0.05, 3))
+  assert np.all(np.isfinite(kappa)) and np.allclose(kappa.sum(-1), 1.0, atol=1e-5)
+  reference = np.random.default_rng(0).dirichlet([0.05] * 3, 4000).astype(np.float32)
+  assert stats.ks_2samp(kappa[:, 0], reference[:, 0]).pvalue > 0.01  # float32 rounds to 0, 1
+  lam = np.asarray(rng.beta([4000], 2, 2.0, 5.0))
+  assert stats.kstest(lam, stats.beta(2.0, 5.0).cdf).pvalue > 0.01
+  ints = np.asarray(rng.uniform([4000], 3, 2, 6, dtype="int32"))
+  assert set(np.unique(ints)) == {2, 3, 4, 5}  # maxval exclusive
+
+
+# --------------------------------------------------------------------------------------------
+# The script (run in the subprocess only).
+
+
+def _refuse_tensorflow():
+  """Inserts, first on sys.meta_path, a finder that refuses TensorFlow and its companions."""
+  import importlib.abc
+
+  class Refuse(importlib.abc.MetaPathFinder):
+
+    def find_spec(self, name, path=None, target=None):
+      if name.split(".")[0] in BLOCKED:
+        raise ImportError(f"{name} must not be imported under KERAS_BACKEND=jax")
+      return None
+
+  sys.meta_path.insert(0, Refuse())
+
+
+def _load_modules():
+  """Imports the keras.ops modules under a bare `mixmo_tf` package (skips its __init__.py)."""
+  import importlib
+  import types
+  package = types.ModuleType("mixmo_tf")
+  package.__path__ = [str(REPO / "mixmo_tf")]
+  package.__file__ = str(REPO / "mixmo_tf" / "__init__.py")
+  sys.modules["mixmo_tf"] = package
+  names = ("rng", "mixing", "losses", "msda", "schedules", "step", "augment")
+  return [importlib.import_module(f"mixmo_tf.{name}") for name in names]
+
+
+def _main():
+  _refuse_tensorflow()
+  import keras
+  import jax
+  import numpy as np
+  from scipy import stats
+  rng, mixing, losses, _, _, step, _ = _load_modules()
+  assert keras.backend.backend() == "jax", keras.backend.backend()
+  loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+  assert not loaded, loaded
+  print("OK no tensorflow import", flush=True)
+
+  masks_fn = jax.jit(mixing.sample_masks, static_argnums=(0, 1, 2, 3, 4))
+  seed = rng.as_seed
+
+  n, size = 20000, 32
+  lam = np.random.default_rng(0).beta(2, 2, n).astype(np.float32)
+  box_kappa = jax.jit(lambda s, k: mixing.cutmix_box(s, k, size, size).mean(axis=(1, 2)))
+  ours = np.asarray(box_kappa(seed([5, 7]), lam))
+  ref = reference_cutmix_kappa(n, size, np.random.default_rng(1))
+  assert stats.ks_2samp(ours, ref).pvalue > 0.01
+  assert stats.kstest(ours, stats.beta(2, 2).cdf).pvalue < 1e-6  # truncation shows
+  _, kappa = masks_fn(n, size, size, 2, "cutmix", 2.0, 1.0, seed(11))
+  ours_min = np.minimum(kappa[:, 0], kappa[:, 1])
+  assert stats.ks_2samp(ours_min, np.minimum(ref, 1 - ref)).pvalue > 0.01
+  beta = np.random.default_rng(2).beta(2, 2, n)
+  assert stats.ks_2samp(ours_min, np.minimum(beta, 1 - beta)).pvalue < 1e-6
+  print("OK cutmix kappa follows the reference procedure", flush=True)
+
+  _, kappa = masks_fn(n, 4, 4, 2, "linear", 2.0, 0.5, seed(5))
+  assert stats.kstest(np.asarray(kappa[:, 0]), stats.beta(2, 2).cdf).pvalue > 0.01
+  _, kappa3 = masks_fn(n, 4, 4, 3, "linear", 2.0, 0.5, seed(5))
+  assert stats.kstest(np.asarray(kappa3[:, 1]), stats.beta(2, 4).cdf).pvalue > 0.01
+  print("OK linear kappa is Beta(2, 2)", flush=True)
+
+  for s in range(10):
+    m = np.asarray(masks_fn(8, 8, 8, 2, "cutmix", 2.0, 0.0, seed(s))[0])
+    assert np.all(m == m[:, :, :1, :1, :])
+    m = np.asarray(masks_fn(8, 8, 8, 2, "cutmix", 2.0, 1.0, seed(s))[0])
+    assert set(np.unique(m)) <= {0.0, 1.0}
+  binary = [set(np.unique(masks_fn(8, 8, 8, 2, "cutmix", 2.0, 0.5, seed(s))[0])) <= {0.0, 1.0}
+            for s in range(200)]
+  assert 0.4 < np.mean(binary) < 0.6, np.mean(binary)
+  print("OK p = 0 linear, p = 1 binary", flush=True)
+
+  rect_for_member0 = []
+  for s in range(200):
+    m0 = np.asarray(masks_fn(16, 16, 16, 2, "cutmix", 2.0, 1.0, seed(s))[0])[:, 0, :, :, 0]
+    is_rect = [is_rectangle(m) and not is_rectangle(1 - m) for m in m0 if 0 < m.sum() < m.size]
+    assert len(set(is_rect)) <= 1  # one role for the whole batch
+    if is_rect:
+      rect_for_member0.append(is_rect[0])
+  assert 0.4 < np.mean(rect_for_member0) < 0.6, np.mean(rect_for_member0)
+  print("OK role shuffle per batch and fair", flush=True)
+
+  m = np.asarray(masks_fn(64, 8, 8, 3, "cutmix", 2.0, 1.0, seed(2))[0])[..., 0]
+  for example in m:
+    binary = [np.all(np.isin(example[i], [0.0, 1.0])) for i in range(3)]
+    assert sum(binary) >= 1
+    box = example[int(np.argmax(binary))]
+    for i in range(3):
+      if i != int(np.argmax(binary)):  # zero on the box, constant on its complement
+        assert np.all(example[i][box == 1] == 0)
+        assert (box == 0).sum() == 0 or np.ptp(example[i][box == 0]) < 1e-6
+  print("OK M = 3 patch one, interpolate others", flush=True)
+
+  shapes = jax.jit(lambda s: [mixing.sample_masks(16, 8, 6, m, method, 2.0, 0.5, s)
+                               for method in mixing.mixing_methods() for m in (1, 2, 3)])
+  for masks, kappa in shapes(seed(3)):
+    assert masks.shape[2:] == (8, 6, 1) and masks.dtype == np.float32
+    np.testing.assert_allclose(np.sum(masks, 1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(kappa, np.mean(masks, (2, 3, 4)), atol=1e-6)
+  print("OK masks sum to 1, kappa = mask mean", flush=True)
+
+  unique, reps, grid, members = 8, 2, 8, 3
+  spec = step.StepSpec(
+      num_members=members, batch_repetitions=reps, input_repetition_probability=0.0,
+      mixing="cutmix", alpha=2.0, weight_root=3.0, msda="none", msda_alpha=1.0,
+      msda_probability=1.0, global_batch_size=unique * reps, l2=0.0, num_replicas=1,
+      num_classes=64, crop_padding=2, flip=True, mean=(0.0,) * 3, std=(1.0,) * 3,
+      mask_shape=(grid, grid))
+  values = 20 * (np.arange(unique) + 1)  # example k shows value 20 (k + 1)
+  images = np.broadcast_to(values.astype(np.uint8)[:, None, None, None],
+                           (unique, grid, grid, 3)).copy()
+  labels = ((np.arange(unique) * 7) % 64).astype(np.int32)
+  run = jax.jit(lambda x, y, s, b: step.member_batch(spec, x, y, (), s, b, 1.0))
+  batch = run(images, labels, seed([3, 4]), seed([5, 6]))
+  indices = np.asarray(batch.indices)
+  assert indices.shape == (members, unique * reps)
+  for i in range(members):
+    np.testing.assert_array_equal(np.bincount(indices[i], minlength=unique), reps)
+    x = np.round(np.asarray(batch.inputs[i]) * 255).astype(int)
+    for j, k in enumerate(indices[i]):
+      assert set(np.unique(x[j])) - {0} == {values[k]}, (i, j)  # 0: the crop's padding
+      assert np.argmax(batch.targets[j, i]) == labels[k], (i, j)
+  np.testing.assert_allclose(batch.kappa, np.mean(batch.masks, (2, 3, 4)), atol=1e-6)
+  print("OK member_batch wiring", flush=True)
+
+  for k, expected in ((0.1, (0.6493, 1.3507)), (0.25, (0.8189, 1.1811)), (0.0, (0.0, 2.0))):
+    w = np.asarray(losses.mixmo_weights(np.array([[k, 1 - k]], np.float32), 3.0))[0]
+    np.testing.assert_allclose(w, expected, atol=1e-4)
+  print("OK w_r hand values", flush=True)
+
+  first = masks_fn(8, 8, 8, 2, "cutmix", 2.0, 0.5, seed([1, 2]))
+  again = masks_fn(8, 8, 8, 2, "cutmix", 2.0, 0.5, seed([1, 2]))
+  other = masks_fn(8, 8, 8, 2, "cutmix", 2.0, 0.5, seed([1, 3]))
+  eager = mixing.sample_masks(8, 8, 8, 2, "cutmix", 2.0, 0.5, [1, 2])
+  for a, b, e in zip(first, again, eager):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, e, atol=1e-6)  # jit may fuse float ops: ulps, not draws
+  assert not np.array_equal(first[1], other[1])
+  print("OK same seed, same masks under jax.jit", flush=True)
+
+
+if __name__ == "__main__":
+  _main()
