@@ -28,3 +28,14 @@ def offline():
 
   with mock.patch.object(requests.adapters.HTTPAdapter, "send", send):
     yield
+
+
+def assert_non_blank_png(path, size=(600, 400)):
+  """A PNG of the project's figure size with real content (colours and contrast), not blank."""
+  import numpy as np
+  from PIL import Image
+  with Image.open(path) as image:
+    assert image.size == size, path
+    pixels = np.asarray(image.convert("RGB"))
+  assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10, path
+  assert pixels.std() > 5, path

@@ -6,6 +6,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from mixmo_tf import ood
 from mixmo_tf import plots
+from tests.helpers import assert_non_blank_png
 
 
 def _sklearn_metrics(in_scores, out_scores):
@@ -188,24 +189,15 @@ def test_evaluate_ood_keys_shapes_and_table():
   assert lines[-1].startswith("| noise | entropy | ")
 
 
-def _assert_non_blank_png(path):
-  from PIL import Image
-  with Image.open(path) as image:
-    assert image.size == (600, 400), path
-    pixels = np.asarray(image.convert("RGB"))
-  assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10, path
-  assert pixels.std() > 5, path
-
-
 def test_ood_plots_write_non_blank_pngs(tmp_path):
   rng = np.random.default_rng(0)
   in_scores, out_scores = rng.normal(size=300), rng.normal(1.0, 1.0, size=200)
   path = plots.ood_score_histograms(in_scores, out_scores, str(tmp_path / "h" / "hist.png"),
                                     "entropy: CIFAR-10 vs SVHN")
-  _assert_non_blank_png(path)
+  assert_non_blank_png(path)
   path = plots.ood_roc_curves({"msp": (in_scores, out_scores),
                                "entropy": (in_scores, np.round(out_scores, 1))},
                               str(tmp_path / "roc.png"), "ROC, OOD positive")
-  _assert_non_blank_png(path)
+  assert_non_blank_png(path)
   with pytest.raises(ValueError, match="at least one"):
     plots.ood_roc_curves({}, str(tmp_path / "empty.png"), "empty")
