@@ -14,17 +14,15 @@ from typing import Tuple
 import numpy as np
 import tensorflow as tf
 
+from mixmo_tf import arrays as arrays_lib
+from mixmo_tf.arrays import CIFAR_MEAN, CIFAR_STD
 from mixmo_tf.augment import normalize, random_crop_flip
 from mixmo_tf.data_info import DataInfo
-from mixmo_tf.image_folder import decode_folder, list_image_folder, probe_size, subset_indices
+from mixmo_tf.image_folder import subset_indices
 
 AUTOTUNE = tf.data.AUTOTUNE
 
-# The official CIFAR normalisation, used for CIFAR-10 and CIFAR-100 (docs/method.md §9).
-CIFAR_MEAN = (0.49137, 0.48235, 0.44667)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)
-
-__all__ = ["DataInfo", "load", "train_batches", "steps_per_epoch", "random_crop_flip",
+__all__ = ["CIFAR_MEAN", "CIFAR_STD", "DataInfo", "load", "train_batches", "steps_per_epoch", "random_crop_flip",
            "normalize", "subset_dataset"]
 
 
@@ -62,53 +60,22 @@ def subset_dataset(ds: tf.data.Dataset, info: DataInfo, subset: int):
 
 
 # ---------------------------------------------------------------------------------------------
-# Embedded digits: scikit-learn's 1,797 real 8x8 handwritten digits, no network needed.
+# The embedded digits and class-folder trees: the NumPy arrays every backend reads (`arrays`).
+
+
+def _from_arrays(arrays) -> Tuple[tf.data.Dataset, tf.data.Dataset, DataInfo]:
+  return (tf.data.Dataset.from_tensor_slices((arrays.train_images, arrays.train_labels)),
+          tf.data.Dataset.from_tensor_slices((arrays.test_images, arrays.test_labels)),
+          arrays.info)
 
 
 def _load_digits(config):
-  from sklearn.datasets import load_digits
-  digits = load_digits()
-  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
-  images = np.repeat(images[..., None], 3, axis=-1)
-  labels = digits.target.astype(np.int32)
-  # Fixed stratified split: 20% of each class (by a seed-0 permutation) is the test set.
-  rng = np.random.RandomState(0)
-  test_mask = np.zeros(len(labels), bool)
-  for c in range(10):
-    idx = rng.permutation(np.flatnonzero(labels == c))
-    test_mask[idx[:int(round(0.2 * len(idx)))]] = True
-  train_x, train_y = images[~test_mask], labels[~test_mask]
-  keep = subset_indices(len(train_y), config.train_subset)
-  train_x, train_y = train_x[keep], train_y[keep]
-  mean = tuple(float(m) for m in (train_x / 255.0).mean(axis=(0, 1, 2)))
-  std = tuple(float(s) for s in (train_x / 255.0).std(axis=(0, 1, 2)))
-  info = DataInfo("digits", 10, (8, 8, 3), len(train_y), int(test_mask.sum()), mean, std,
-                  crop_padding=1, flip=False, class_names=tuple(str(i) for i in range(10)))
-  return (tf.data.Dataset.from_tensor_slices((train_x, train_y)),
-          tf.data.Dataset.from_tensor_slices((images[test_mask], labels[test_mask])), info)
-
-
-# ---------------------------------------------------------------------------------------------
-# Class-folder image trees: root/train/<class>/*, root/test/<class>/*; class index = sorted name.
+  return _from_arrays(arrays_lib.digits_arrays(config.train_subset))
 
 
 def _load_folder(config):
-  train_paths, train_labels, classes = list_image_folder(config.data_dir, "train")
-  test_paths, test_labels, test_classes = list_image_folder(config.data_dir, "test")
-  if classes != test_classes:
-    only_train = sorted(set(classes) - set(test_classes))
-    only_test = sorted(set(test_classes) - set(classes))
-    raise ValueError(f"Folder dataset {config.data_dir!r}: train and test classes differ "
-                     f"(only in train: {only_train}; only in test: {only_test}).")
-  keep = subset_indices(len(train_paths), config.train_subset)
-  train_paths = [train_paths[i] for i in keep]
-  train_labels = [train_labels[i] for i in keep]
-  size = config.image_size or probe_size(train_paths[0])
-  info = DataInfo("folder", len(classes), (size, size, 3), len(train_paths), len(test_paths),
-                  CIFAR_MEAN, CIFAR_STD, crop_padding=4 * size // 32, flip=True,
-                  class_names=tuple(classes))
-  return (decode_folder(train_paths, train_labels, size),
-          decode_folder(test_paths, test_labels, size), info)
+  return _from_arrays(arrays_lib.folder_arrays(config.data_dir, config.train_subset,
+                                               config.image_size))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,15 +1,17 @@
 """Image files on disk: listing class folders, decoding once into memory, fixed train subsets.
 
+TensorFlow-free (pillow), so every Keras backend reads the same pixels.
+
 Shared by the class-folder datasets (`data`) and Tiny ImageNet (`tiny_imagenet`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 from typing import List, Sequence, Tuple
 
 import numpy as np
-import tensorflow as tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SUBSET_SEED = 0  # Train subsets are a fixed random sample, the same in every run.
@@ -49,46 +51,50 @@ def list_image_folder(root: str, split: str) -> Tuple[List[str], List[int], List
   return paths, labels, classes
 
 
-def _decode_file(path, image_size: int):
-  image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-  image = tf.ensure_shape(image, [None, None, 3])
-  same = tf.reduce_all(tf.shape(image)[:2] == image_size)
-  image = tf.cond(same, lambda: image, lambda: tf.cast(
-      tf.clip_by_value(tf.round(tf.image.resize(image, [image_size, image_size])), 0, 255),
-      tf.uint8))
-  return tf.ensure_shape(image, [image_size, image_size, 3])
+def _decode_one(path: str, image_size: int) -> np.ndarray:
+  """One file -> uint8 [S, S, 3]; ValueError naming the file if it cannot be decoded."""
+  from PIL import Image, UnidentifiedImageError
+  try:
+    with Image.open(path) as image:
+      pixels = np.asarray(image.convert("RGB"))  # Grayscale, palette, RGBA (alpha dropped).
+  except (OSError, UnidentifiedImageError, ValueError) as error:
+    raise ValueError(f"Cannot decode image {path}: {error}") from None
+  if pixels.shape[:2] != (image_size, image_size):
+    import keras  # Bilinear without antialiasing, rounded: tf.image.resize's rule (half pixels).
+    resized = keras.ops.image.resize(pixels[None].astype(np.float32), (image_size, image_size),
+                                     interpolation="bilinear", antialias=False)
+    pixels = np.clip(np.round(keras.ops.convert_to_numpy(resized)[0]), 0, 255).astype(np.uint8)
+  return pixels
 
 
-def decode_folder(paths: Sequence[str], labels: Sequence[int], image_size: int,
-                  chunk: int = 1024) -> tf.data.Dataset:
-  """Decodes every image once, up front, into memory: (uint8 [S, S, 3], int32 label) pairs.
+def decode_images(paths: Sequence[str], image_size: int, threads: int = 0) -> np.ndarray:
+  """Decodes image files once, up front, into one uint8 array [N, S, S, 3] (no TensorFlow).
 
-  Grayscale and RGBA become RGB, other sizes are resized. tf.data decode errors do not say which
-  file failed, so a failing chunk is re-decoded file by file to raise a ValueError naming it.
+  Pillow with libjpeg's accurate integer DCT: on the shared CIFAR-10 JPEGs the pixels equal
+  tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE"); TensorFlow's default (INTEGER_FAST) differs
+  by up to 5 levels (tests/test_data.py). Grayscale and RGBA become RGB, other sizes are resized.
+  Pillow releases the GIL while decoding, so a thread pool uses every core.
   """
-  ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.int32)))
-  ds = ds.map(lambda p, y: (_decode_file(p, image_size), y), num_parallel_calls=tf.data.AUTOTUNE,
-              deterministic=True)
-  images, done = [], 0
-  iterator = iter(ds.batch(chunk))
-  while done < len(paths):
-    try:
-      batch, _ = next(iterator)
-    except tf.errors.InvalidArgumentError as error:
-      for path in paths[done:done + chunk]:
-        probe_size(path)
-      raise ValueError(f"Cannot decode an image among {paths[done:done + chunk][:3]}...: "
-                       f"{error.message}") from None
-    images.append(batch.numpy())
-    done += len(batch)
-  return tf.data.Dataset.from_tensor_slices((np.concatenate(images),
+  if not len(paths):
+    return np.zeros((0, image_size, image_size, 3), np.uint8)
+  workers = threads or min(32, os.cpu_count() or 1)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    images = list(pool.map(lambda p: _decode_one(p, image_size), paths, chunksize=256))
+  return np.stack(images)
+
+
+def decode_folder(paths: Sequence[str], labels: Sequence[int], image_size: int):
+  """`decode_images` as a tf.data source of (uint8 [S, S, 3], int32 label) pairs."""
+  import tensorflow as tf
+  return tf.data.Dataset.from_tensor_slices((decode_images(paths, image_size),
                                              np.asarray(labels, np.int32)))
 
 
 def probe_size(path: str) -> int:
-  """The height of one image file; raises ValueError naming the file if it cannot be decoded."""
+  """The height of one image file; raises ValueError naming the file if it cannot be read."""
+  from PIL import Image, UnidentifiedImageError
   try:
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
-    raise ValueError(f"Cannot decode image {path}: {error.message}") from None
-  return int(image.shape[0])
+    with Image.open(path) as image:
+      return int(image.size[1])
+  except (OSError, UnidentifiedImageError) as error:
+    raise ValueError(f"Cannot decode image {path}: {error}") from None

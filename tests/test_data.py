@@ -112,3 +112,41 @@ def test_train_subset_is_the_same_fixed_sample_for_every_loader(tmp_path):
   ds, sub_info = data_lib.subset_dataset(full, dataclasses.replace(info, num_train=1438), 100)
   np.testing.assert_array_equal(np.stack([x for x, _ in ds.as_numpy_iterator()]), x_full[keep])
   assert sub_info.num_train == 100
+
+
+def test_pillow_decoder_gives_tensorflow_s_accurate_jpeg_pixels(cifar10_folder):
+  """Both loops read folders through pillow (`image_folder.decode_images`); on the shared
+  CIFAR-10 JPEGs its pixels equal tf.io.decode_jpeg with the accurate integer DCT, bit for bit.
+  TensorFlow's default DCT (INTEGER_FAST), which the TensorFlow path used before, differs by a
+  few levels on most images: the reason the decoder is pillow's."""
+  import tensorflow as tf
+
+  from mixmo_tf.image_folder import decode_images, list_image_folder
+  paths, _, _ = list_image_folder(str(cifar10_folder), "test")
+  paths = paths[::50]  # 200 images, 20 of each class.
+  ours = decode_images(paths, 32)
+  accurate = np.stack([tf.io.decode_jpeg(tf.io.read_file(p), channels=3,
+                                         dct_method="INTEGER_ACCURATE").numpy() for p in paths])
+  fast = np.stack([tf.io.decode_image(tf.io.read_file(p), channels=3).numpy() for p in paths])
+  assert ours.shape == (200, 32, 32, 3) and ours.dtype == np.uint8
+  np.testing.assert_array_equal(ours, accurate)
+  gap = np.abs(ours.astype(int) - fast)
+  assert 0 < gap.max() <= 8 and (gap > 0).mean() > 0.1  # The default really is another decoder.
+
+
+def test_pillow_decoder_converts_modes_resizes_and_names_a_bad_file(tmp_path):
+  from PIL import Image
+
+  from mixmo_tf.image_folder import decode_images
+  gray = np.arange(64, dtype=np.uint8).reshape(8, 8)
+  rgba = np.dstack([np.full((8, 8), v, np.uint8) for v in (10, 20, 30, 40)])
+  Image.fromarray(gray, "L").save(tmp_path / "gray.png")
+  Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+  Image.fromarray(np.zeros((16, 16, 3), np.uint8) + 100).save(tmp_path / "big.png")
+  images = decode_images([str(tmp_path / n) for n in ("gray.png", "rgba.png", "big.png")], 8)
+  np.testing.assert_array_equal(images[0], np.dstack([gray] * 3))  # L -> RGB, replicated.
+  np.testing.assert_array_equal(images[1], rgba[..., :3])  # Alpha dropped.
+  np.testing.assert_array_equal(images[2], np.full((8, 8, 3), 100))  # Resized (flat stays flat).
+  (tmp_path / "bad.jpg").write_bytes(b"not an image")
+  with pytest.raises(ValueError, match="bad.jpg"):
+    decode_images([str(tmp_path / "gray.png"), str(tmp_path / "bad.jpg")], 8)
