@@ -60,7 +60,7 @@ def make_trainer(width, members, jit=False, precision="float32", depth=28):
   """A Trainer on one CPU device for WRN-depth-width with `members` subnetworks."""
   import tensorflow as tf
   from mixmo_tf.config import Config
-  from mixmo_tf.train import build_trainer
+  from mixmo_tf.custom_loop import build_trainer
   config = Config(dataset="digits", image_size=32, depth=depth, width=width,
                   num_members=members, batch_repetitions=1 if members == 1 else 2,
                   mixing="cutmix", batch_size=TRAIN_BATCH, epochs=1, jit_compile=jit,

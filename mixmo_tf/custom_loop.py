@@ -1,6 +1,7 @@
-"""`python -m mixmo_tf.train`: the one training driver for every method (vanilla, MIMO, MixMo, MSDA).
+"""The TensorFlow custom training loop: `python -m mixmo_tf.train`'s driver on the TensorFlow backend.
 
-A custom loop under a tf.distribute strategy (MirroredStrategy by default). `build_trainer`
+One loop for every method (vanilla, MIMO, MixMo, MSDA), under a tf.distribute strategy
+(MirroredStrategy by default); other backends train with `mixmo_tf.keras_loop`. `build_trainer`
 validates the config, prepares the run folder, seeds and loads the data; `Trainer` coordinates:
 the per-replica step (`mixmo_tf.step`) under `strategy.run`, the epoch loop, evaluation through
 the one prediction path (`mixmo_tf.predict`) and the run folder (`mixmo_tf.run_dir`). Rerunning
@@ -9,12 +10,7 @@ the same command resumes from the latest checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import hashlib
-import json
-import os
-import sys
 import time
 from typing import Dict, List, Optional
 
@@ -24,29 +20,13 @@ import tensorflow as tf
 from absl import logging
 
 from mixmo_tf import data as data_lib
-from mixmo_tf import distribute, metrics, optimizers, predict, runtime, schedules
+from mixmo_tf import distribute, metrics, optimizers, predict, run_common, schedules
 from mixmo_tf import step as step_lib
 from mixmo_tf.config import Config
 from mixmo_tf.models import build_from_config
 from mixmo_tf.models.common import set_batch_norm_sync
-from mixmo_tf.run_dir import RunDir, RunFolderError, log_resumed
-from mixmo_tf.tfds_data import DatasetUnavailableError
-
-SUMMARY_KEYS = ("top1", "top5", "nll", "ece", "top1_members_mean")
-HISTORY_KEYS = ("top1", "top5", "nll", "nll_c", "ece", "top1_members_mean")
-
-
-class NonFiniteLossError(RuntimeError):
-  """Raised when the training loss becomes NaN or infinite."""
-
-
-def weights_fingerprint(model) -> str:
-  """SHA-256 of the trainable weights, which every replica and worker must share (BN moving
-  statistics are per replica, as batch statistics are, and are left out)."""
-  digest = hashlib.sha256()
-  for weight in model.trainable_weights:
-    digest.update(np.ascontiguousarray(weight.numpy(), np.float32).tobytes())
-  return digest.hexdigest()[:16]
+from mixmo_tf.run_common import HISTORY_KEYS, SUMMARY_KEYS, NonFiniteLossError  # noqa: F401
+from mixmo_tf.run_dir import RunDir, log_resumed
 
 
 class ProgressLog:
@@ -61,12 +41,8 @@ class ProgressLog:
     """Logs [(step, loss, accuracy)] of the last steps; raises NonFiniteLossError on NaN / inf."""
     losses = np.array([float(l) for _, l, _ in window])
     self.losses.extend(losses.tolist())
-    bad = np.flatnonzero(~np.isfinite(losses))
-    if bad.size:
-      raise NonFiniteLossError(
-          f"Loss became {losses[bad[0]]} at step {window[bad[0]][0] + 1} (epoch {epoch + 1}); "
-          f"training stopped. The last good checkpoint is kept intact: "
-          f"{tf.train.latest_checkpoint(self.checkpoint_dir)}.")
+    run_common.check_finite(losses, [s for s, _, _ in window], epoch,
+                            tf.train.latest_checkpoint(self.checkpoint_dir))
     c = self.config
     step = window[-1][0] + 1
     loss, acc = float(losses.mean()), float(np.mean([float(a) for _, _, a in window]))
@@ -85,33 +61,10 @@ class ProgressLog:
       tf.summary.scalar("train/images_per_second", rate * c.batch_size)
 
 
-def best_on_test(history: List[Dict]) -> Optional[Dict]:
-  """The evaluated epoch with the best test Top-1 (ties: the later one) and its metrics, as the
-  official code selects its checkpoint: selected on the test set, so not a clean estimate
-  (docs/method.md §10.5, §17). None if no epoch was evaluated."""
-  best = None
-  for entry in history:
-    if "top1" in entry and (best is None or entry["top1"] >= best["top1"]):
-      best = entry
-  if best is None:
-    return None
-  return dict({k: best[k] for k in HISTORY_KEYS if k in best}, epoch=best["epoch"],
-              step=best["step"])
-
-
 def resolve_precision(config: Config, strategy) -> Config:
-  """Config with --precision=auto resolved for this machine (runtime.resolve_precision), or the
-  precision of the run being resumed, so a resume never switches it silently; logged."""
-  saved = os.path.join(config.output_dir, "config.json")
-  if config.precision == "auto" and not config.overwrite and os.path.exists(saved):
-    with open(saved) as f:
-      precision, reason = json.load(f).get("precision", "float32"), "kept from the resumed run"
-  else:
-    accelerator = any("GPU" in d or "TPU" in d for d in strategy.extended.worker_devices)
-    precision = runtime.resolve_precision(config.precision, "tensorflow", accelerator)
-    reason = runtime.precision_reason(config.precision, "tensorflow", accelerator)
-  logging.info("Precision %s (%s).", precision, reason)
-  return dataclasses.replace(config, precision=precision)
+  """`run_common.resolve_precision` for the strategy's devices (bf16 on GPU/TPU)."""
+  accelerator = any("GPU" in d or "TPU" in d for d in strategy.extended.worker_devices)
+  return run_common.resolve_precision(config, "tensorflow", accelerator)
 
 
 def build_trainer(config: Config, strategy: Optional[tf.distribute.Strategy] = None) -> "Trainer":
@@ -312,17 +265,8 @@ class Trainer:
       from mixmo_tf.evaluate import corruption_results
       results["corruptions"] = corruption_results(self.predictor, c.corruptions,
                                                   c.corruptions_dir, c.ensemble)
-    train_time = sum(h.get("epoch_seconds", 0.0) for h in history)
-    train_images = sum(h.get("epoch_images", 0) for h in history)
-    results.update(train_seconds=train_time,
-                   train_images_per_second=train_images / train_time if train_time else None,
-                   global_step=self.global_step,
-                   epochs_completed=self.global_step / self.steps_per_epoch,
-                   test_top1_per_epoch=[(h["epoch"], h["top1"]) for h in history if "top1" in h],
-                   best_on_test=best_on_test(history),
-                   weights_fingerprint=weights_fingerprint(self.model))
-    logging.info("Weights fingerprint %s at step %d.", results["weights_fingerprint"],
-                 self.global_step)
+    results.update(run_common.run_summary(history, self.global_step, self.steps_per_epoch,
+                                          self.model))
     self.run_dir.write_results(results)
     self.run_dir.write_models(self.model, self.info, c.ensemble)
     self.writer.flush()
@@ -332,32 +276,3 @@ class Trainer:
 def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None) -> Dict:
   """Library entry point: train `config` to the end and return the test results."""
   return build_trainer(config, strategy).fit()
-
-
-def main(argv):
-  del argv
-  from absl import flags
-  from mixmo_tf.config import config_from_flags
-  runtime.use_absl_handler_for_tensorflow()
-  runtime.log_environment_once()
-  config = config_from_flags(flags.FLAGS)
-  config.validate()  # Early, before any strategy or data; validated again with the replicas.
-  try:
-    results = run(config)
-  except (RunFolderError, NonFiniteLossError, DatasetUnavailableError) as error:
-    logging.error("%s", error)  # One line: no traceback from deep inside TensorFlow.
-    sys.exit(1)
-  logging.info("Final test metrics: %s", json.dumps(
-      {k: v for k, v in results.items() if isinstance(v, (int, float))}, sort_keys=True))
-  if config.strategy == "multi_worker":
-    # MultiWorkerMirroredStrategy processes linger for seconds at exit (BUILD_NOTES.md); all
-    # files are written and closed by now.
-    logging.flush()
-    os._exit(0)
-
-
-if __name__ == "__main__":
-  from absl import app
-  from mixmo_tf.config import define_flags
-  define_flags()
-  app.run(main)

@@ -2,7 +2,7 @@
 
 For Keras users, on every Keras backend (written in `keras.ops`, no backend-specific
 `train_step`): the trainer wraps a MixMo network and does, inside Keras' own train step, what the
-TensorFlow custom loop (`mixmo_tf.train.Trainer`) does per step: batch repetition, pairing and
+TensorFlow custom loop (`mixmo_tf.custom_loop.Trainer`) does per step: batch repetition, pairing and
 per-copy augmentation (docs/method.md §6), the feature masks (§3) and the w_r-weighted loss plus
 L2 (§5). Standard callbacks (TensorBoard, History, CSVLogger, EarlyStopping, ...) then work:
 
@@ -46,7 +46,7 @@ from keras import ops
 from mixmo_tf import losses, optimizers, schedules
 from mixmo_tf import step as step_lib
 
-# The second word of the root seed, as in the TensorFlow loop (`train.Trainer._seed`).
+# The second word of the root seed, as in the TensorFlow loop (`custom_loop.Trainer._seed`).
 ROOT_SEED_TAG = 0x5EED
 _INT32_MAX = 2**31 - 1
 _NOT_SUPPORTED_IN_COMPILE = ("loss", "loss_weights", "metrics", "weighted_metrics")
@@ -119,7 +119,8 @@ class MixMoTrainer(keras.Model):
     super().compile(optimizer=optimizer, **kwargs)
 
   def fit(self, x=None, y=None, *args, **kwargs):
-    """`keras.Model.fit` on batches of unique raw examples passed as x (see the class doc)."""
+    """`keras.Model.fit` on batches of unique raw examples passed as x (see the class doc);
+    `TrainBatches` are fed in their own order (shuffle=False)."""
     if y is not None:
       raise ValueError(f"MixMoTrainer.fit takes the labels inside x = (images, labels), y None; "
                        f"got y of type {type(y).__name__}. Use train_arrays_dataset(...).")
@@ -127,6 +128,10 @@ class MixMoTrainer(keras.Model):
       raise ValueError(f"The data has {len(x)} batches per epoch but the trainer counts "
                        f"steps_per_epoch={self.steps_per_epoch} (which maps steps to the epoch "
                        f"of p(e), docs/method.md §4); make them equal.")
+    if isinstance(x, TrainBatches):
+      # TrainBatches orders each epoch itself, keyed by (seed, epoch); Keras' own batch shuffle
+      # draws from Python's global `random`, which a resumed run would not replay.
+      kwargs["shuffle"] = False
     return super().fit(x, y, *args, **kwargs)
 
   def call(self, data, training=False):
@@ -324,4 +329,5 @@ def trainer_from_config(config, info, network=None, **compile_kwargs) -> MixMoTr
                          l2=config.l2)
   trainer.compile(optimizer=optimizers.make_optimizer(config.optimizer, schedule),
                   **compile_kwargs)
+  trainer.learning_rate_schedule = schedule  # For logs: step -> learning rate.
   return trainer

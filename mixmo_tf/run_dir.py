@@ -1,9 +1,11 @@
 """The run folder: lock, preparation, verified checkpoints, history, results, exported models.
 
 A run's output_dir holds `flags.txt` (rerunnable with --flagfile), `config.json`,
-`data_info.json`, `checkpoints/` (tf.train, each with a `.sha256` sidecar), `tensorboard/`,
-`history.json` (one entry per epoch), the final models (`model.keras`, `model_folded.keras`,
-`saved_model/`) and, written last, `results.json`. Rerunning the same command resumes from the
+`data_info.json`, `checkpoints/` (tf.train checkpoints of the TensorFlow loop, or
+`ckpt-N.weights.npz` files of the Keras-native loop, each with a `.sha256` sidecar),
+`tensorboard/`, `history.json` (one entry per epoch), the final models (`model.keras`,
+`model_folded.keras`, and `saved_model/` on TensorFlow) and, written last, `results.json`.
+TensorFlow is imported only by what needs it (tf.train checkpoints, summaries, the SavedModel). Rerunning the same command resumes from the
 newest intact checkpoint; other flags that change the network, the data or the step -> epoch
 mapping are refused (nothing is touched); --overwrite starts over.
 
@@ -22,10 +24,9 @@ import os
 import shutil
 from typing import Callable, Dict, List, Optional
 
-import tensorflow as tf
 from absl import logging
 
-from mixmo_tf import export
+from mixmo_tf import array_checkpoint
 from mixmo_tf.config import RESUME_KEYS
 from mixmo_tf.run_lock import LOCK_FILE, RunFolderError, RunLock
 
@@ -46,7 +47,21 @@ def write_json_atomic(path: str, payload) -> None:
 
 
 def checkpoint_files(prefix: str) -> List[str]:
+  """The files of one checkpoint: one `.weights.npz` (Keras-native loop) or tf.train's."""
+  if os.path.exists(prefix + array_checkpoint.SUFFIX):
+    return [prefix + array_checkpoint.SUFFIX]
   return sorted(glob.glob(prefix + ".data-*")) + [prefix + ".index"]
+
+
+def _step_of(prefix: str) -> int:
+  tail = prefix.rsplit("-", 1)[-1]
+  return int(tail) if tail.isdigit() else -1
+
+
+def array_checkpoints(directory: str) -> List[str]:
+  """Prefixes of the Keras-native loop's checkpoints in `directory`, oldest first."""
+  found = glob.glob(os.path.join(directory, "*" + array_checkpoint.SUFFIX))
+  return sorted((p[:-len(array_checkpoint.SUFFIX)] for p in found), key=_step_of)
 
 
 def _sha256(path: str) -> str:
@@ -67,7 +82,8 @@ def checkpoint_problem(prefix: str) -> Optional[str]:
   """What is wrong with a checkpoint (a missing file, a checksum mismatch, a read error), or None.
 
   With a `.sha256` sidecar every file is hashed; without one (a checkpoint written before its
-  sidecar, or by an older version) TensorFlow's reader reads every tensor, checking its CRC.
+  sidecar, or by an older version) every array is read, checking its CRC (TensorFlow's reader
+  for tf.train checkpoints).
   """
   sidecar = prefix + ".sha256"
   if os.path.exists(sidecar):
@@ -83,8 +99,11 @@ def checkpoint_problem(prefix: str) -> Optional[str]:
       if _sha256(path) != digest:
         return f"{path} does not match its SHA-256 in {os.path.basename(sidecar)}"
     return None
+  if os.path.exists(prefix + array_checkpoint.SUFFIX):
+    return array_checkpoint.problem(prefix + array_checkpoint.SUFFIX)
   if not os.path.exists(prefix + ".index"):
     return f"{prefix}.index is missing"
+  import tensorflow as tf
   try:
     reader = tf.train.load_checkpoint(prefix)
     for name in reader.get_variable_to_shape_map():
@@ -95,17 +114,22 @@ def checkpoint_problem(prefix: str) -> Optional[str]:
 
 
 def _listed_checkpoints(directory: str) -> List[str]:
-  """Checkpoint prefixes, oldest first: from the state file, else from the index files found."""
-  try:
-    state = tf.train.get_checkpoint_state(directory)
-  except Exception:  # pylint: disable=broad-except  (a damaged state file: fall back to a scan)
-    state = None
-  if state is not None and state.all_model_checkpoint_paths:
-    return [p if os.path.isabs(p) else os.path.join(directory, p)
-            for p in state.all_model_checkpoint_paths]
+  """Checkpoint prefixes, oldest first: the Keras-native loop's files, else tf.train's state
+  file, else the index files found."""
+  arrays = array_checkpoints(directory)
+  if arrays:
+    return arrays
+  if os.path.exists(os.path.join(directory, "checkpoint")):
+    import tensorflow as tf
+    try:
+      state = tf.train.get_checkpoint_state(directory)
+    except Exception:  # pylint: disable=broad-except  (a damaged state file: fall back to a scan)
+      state = None
+    if state is not None and state.all_model_checkpoint_paths:
+      return [p if os.path.isabs(p) else os.path.join(directory, p)
+              for p in state.all_model_checkpoint_paths]
   found = [p[:-len(".index")] for p in glob.glob(os.path.join(directory, "*.index"))]
-  return sorted(found, key=lambda p: int(p.rsplit("-", 1)[-1]) if p.rsplit("-", 1)[-1].isdigit()
-                else -1)
+  return sorted(found, key=_step_of)
 
 
 def newest_intact_checkpoint(directory: str) -> Optional[str]:
@@ -118,7 +142,8 @@ def newest_intact_checkpoint(directory: str) -> Optional[str]:
     prefix = candidates.pop()
     problem = checkpoint_problem(prefix)
     if problem is None:
-      if damaged:
+      if damaged and not os.path.exists(prefix + array_checkpoint.SUFFIX):  # tf.train's state file
+        import tensorflow as tf
         tf.compat.v1.train.update_checkpoint_state(directory, prefix,
                                                    all_model_checkpoint_paths=candidates + [prefix])
       return prefix
@@ -209,7 +234,7 @@ class RunDir:
     RunFolderError naming the folder, the file and the free space."""
     try:
       return write()
-    except (OSError, tf.errors.OpError) as e:
+    except _write_errors() as e:
       remove_partial_writes(self.path)
       try:
         free = f"{shutil.disk_usage(self.path).free / 2**20:.1f} MiB free"
@@ -237,7 +262,7 @@ class RunDir:
 
   # -- Checkpoints ------------------------------------------------------------------------------
 
-  def checkpoint_manager(self, checkpoint: tf.train.Checkpoint, keep: int):
+  def checkpoint_manager(self, checkpoint, keep: int):
     """A CheckpointManager over the verified checkpoints (damaged newest ones moved aside first).
 
     Every worker restores from the chief's checkpoints/; other workers must take part in the
@@ -245,20 +270,32 @@ class RunDir:
     """
     if self.chief and os.path.isdir(self.checkpoint_dir):
       newest_intact_checkpoint(self.checkpoint_dir)
+    if self.chief and array_checkpoints(self.checkpoint_dir):
+      raise RunFolderError(
+          f"{self.checkpoint_dir} holds checkpoints of the Keras-native loop (*.weights.npz, "
+          f"written under another Keras backend); resume there, or start over with --overwrite.")
     directory = self.checkpoint_dir if self.chief else self.file(f"tmp_worker_{self.worker}")
+    import tensorflow as tf
     return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
 
   def latest_checkpoint(self) -> Optional[str]:
+    """The newest checkpoint prefix of either loop (not verified), or None."""
+    arrays = array_checkpoints(self.checkpoint_dir)
+    if arrays:
+      return arrays[-1]
+    if not os.path.exists(os.path.join(self.checkpoint_dir, "checkpoint")):
+      return None
+    import tensorflow as tf
     return tf.train.latest_checkpoint(self.checkpoint_dir)
 
-  def restore(self, checkpoint: tf.train.Checkpoint) -> Optional[str]:
+  def restore(self, checkpoint) -> Optional[str]:
     """Restores the latest checkpoint (verified when the manager was made); returns its path."""
     latest = self.latest_checkpoint()
     if latest:
       checkpoint.restore(latest).assert_existing_objects_matched()
     return latest
 
-  def save(self, manager: tf.train.CheckpointManager, step: int) -> str:
+  def save(self, manager, step: int) -> str:
     """Saves a checkpoint and its checksums (`.sha256`, checked before it is restored)."""
     if not self.chief:
       path = manager.save(checkpoint_number=step)
@@ -302,12 +339,55 @@ class RunDir:
       return
     for name, net in (("model.keras", model), ("model_folded.keras", model.folded())):
       self.guarded(name, lambda: save_keras_atomic(net, self.file(name)))
-    self.guarded("saved_model", lambda: export.export_saved_model(
-        model, info, self.file("saved_model"), ensemble=ensemble))
+    import keras
+    if keras.backend.backend() == "tensorflow":
+      from mixmo_tf import export
+      self.guarded("saved_model", lambda: export.export_saved_model(
+          model, info, self.file("saved_model"), ensemble=ensemble))
+
+  # -- The Keras-native loop's checkpoints ------------------------------------------------------
+
+  def save_arrays(self, groups, step: int, keep: int) -> str:
+    """Saves `groups` ({name: [variables]}) as checkpoints/ckpt-<step>.weights.npz with its
+    `.sha256`, then deletes the oldest beyond `keep`; a failed write -> RunFolderError."""
+    prefix = os.path.join(self.checkpoint_dir, f"ckpt-{step}")
+
+    def write():
+      os.makedirs(self.checkpoint_dir, exist_ok=True)
+      array_checkpoint.save(prefix + array_checkpoint.SUFFIX, groups)
+      write_checksums(prefix)
+      for old in array_checkpoints(self.checkpoint_dir)[:-keep] if keep else []:
+        for path in checkpoint_files(old) + [old + ".sha256"]:
+          if os.path.exists(path):
+            os.remove(path)
+      return prefix
+    return self.guarded(f"checkpoints/ckpt-{step}{array_checkpoint.SUFFIX}", write)
+
+  def restore_arrays(self, groups) -> Optional[str]:
+    """Loads the newest intact `.weights.npz` checkpoint into `groups` (damaged newer ones moved
+    to checkpoints/damaged/); returns its prefix, or None when there is none."""
+    if not os.path.isdir(self.checkpoint_dir):
+      return None
+    if glob.glob(os.path.join(self.checkpoint_dir, "*.index")):
+      raise RunFolderError(
+          f"{self.checkpoint_dir} holds tf.train checkpoints of the TensorFlow loop; resume with "
+          f"KERAS_BACKEND=tensorflow, or start over with --overwrite.")
+    prefix = newest_intact_checkpoint(self.checkpoint_dir)
+    if prefix:
+      array_checkpoint.load(prefix + array_checkpoint.SUFFIX, groups)
+    return prefix
 
   def summary_writer(self):
+    import tensorflow as tf
     return tf.summary.create_file_writer(
         self.file("tensorboard" if self.chief else "tmp_tensorboard"))
+
+
+def _write_errors() -> tuple:
+  """What a failed write raises: OSError, and TensorFlow's OpError once TensorFlow is loaded."""
+  import sys
+  tf = sys.modules.get("tensorflow")
+  return (OSError, tf.errors.OpError) if tf is not None and hasattr(tf, "errors") else (OSError,)
 
 
 def write_text_atomic(path: str, text: str) -> None:

@@ -4,7 +4,7 @@
 repetition and pairing (docs/method.md §6), per-copy crop/flip then optional AugMix (§9), optional
 pixel MSDA (§8) and the feature masks (§3). `loss_and_gradients` runs the mixed forward pass and
 the w_r-weighted loss (§5); `apply_step` adds the optimizer update. Nothing here holds state or
-reads flags: the TensorFlow custom loop (`train.Trainer`) calls these inside `strategy.run`.
+reads flags: the TensorFlow custom loop (`custom_loop.Trainer`) calls these inside `strategy.run`.
 `member_indices`, `step_seeds` and `member_batch` are `keras.ops` (any backend; AugMix excepted);
 `loss_and_gradients` and `apply_step` are the TensorFlow loop's (GradientTape), importing
 TensorFlow only when called.

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mixmo_tf import evaluate, run_dir, run_lock, train
+from mixmo_tf import custom_loop, evaluate, run_dir, run_lock, train
 from tests.conftest import REPO
 from tests.helpers import tiny_config
 
@@ -95,7 +95,7 @@ def test_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_resumed(
   newest = out / "checkpoints" / "ckpt-32"
   target = glob.glob(f"{newest}.data-*")[0] if part == "data" else f"{newest}.index"
   _damage(target, how)
-  trainer = train.build_trainer(tiny_config(out, **SMALL))
+  trainer = custom_loop.build_trainer(tiny_config(out, **SMALL))
   assert trainer.restore() == 16  # the intact previous checkpoint
   assert any("ckpt-32 is damaged" in r.getMessage() for r in caplog.records)
   moved = out / "checkpoints" / run_dir.DAMAGED_DIR / os.path.basename(target)
@@ -113,7 +113,7 @@ def test_no_intact_checkpoint_names_every_file(finished_run, tmp_path):
   for index in glob.glob(str(out / "checkpoints" / "*.index")):
     _damage(index, "zero")
   with pytest.raises(run_dir.RunFolderError) as error:
-    train.build_trainer(tiny_config(out, **SMALL))
+    custom_loop.build_trainer(tiny_config(out, **SMALL))
   message = str(error.value)
   assert "ckpt-16" in message and "ckpt-32" in message and "--overwrite" in message
 
@@ -130,7 +130,7 @@ def test_finished_run_rewrites_missing_artifacts_without_training(finished_run, 
   shutil.rmtree(out / "saved_model")
   (out / "model.tmp.keras").write_bytes(b"partial")
   history = (out / "history.json").read_text()
-  monkeypatch.setattr(train.Trainer, "train_epoch", lambda *a: pytest.fail("trained again"))
+  monkeypatch.setattr(custom_loop.Trainer, "train_epoch", lambda *a: pytest.fail("trained again"))
   results = train.run(tiny_config(out, **SMALL))
   assert results["global_step"] == 32 and (out / "history.json").read_text() == history
   assert not (out / "model.tmp.keras").exists()

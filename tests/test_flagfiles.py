@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from absl import flags as absl_flags
 
-from mixmo_tf import train
+from mixmo_tf import custom_loop
 from mixmo_tf.config import config_from_flags, define_flags
 from tests.conftest import REPO
 
@@ -96,6 +96,6 @@ def test_every_flagfile_validates():
 @pytest.mark.parametrize("paths", GROUPS, ids=lambda g: str(g[0].relative_to(REPO / "flags")))
 def test_flagfile_trains_two_steps(paths, tmp_path):
   """Two real training steps from the first flagfile of each group of same-code flagfiles."""
-  trainer = train.build_trainer(small_config(paths[0], tmp_path))
+  trainer = custom_loop.build_trainer(small_config(paths[0], tmp_path))
   trainer.train_epoch(0, 0)
   assert trainer.global_step == 2 and np.all(np.isfinite(trainer.loss_history))

@@ -22,7 +22,8 @@ BLOCKED = ("tensorflow", "tensorflow_probability", "tensorflow_datasets")
 TOLERANCE = 1e-5  # Weights after the same step(s) (the issue's bound).
 UNIQUE, REPS, CLASSES, SIZE, SEED = 8, 2, 10, 8, 11
 JAX_CHECKS = ("no tensorflow import", "data parallel step equals single device",
-              "fit: finite loss, predict")
+              "fit: finite loss, predict", "given-batch steps written")
+CROSS_BACKEND_TOLERANCE = 1e-4  # JAX vs TensorFlow: other kernels, other summation orders.
 
 
 def tiny_network(init_seed=0):
@@ -56,6 +57,33 @@ def learnable_data(count, seed=0):
   return images.astype(np.uint8), labels
 
 
+def given_batch_trainer(network):
+  """A MixMoTrainer whose training forward takes a member batch sampled elsewhere, so that two
+  backends step on the same inputs, masks, targets and kappa (their random streams differ)."""
+  from mixmo_tf import keras_trainer, optimizers
+
+  class GivenBatch(keras_trainer.MixMoTrainer):
+
+    def call(self, data, training=False):
+      if not training:
+        return super().call(data, training)
+      *inputs, masks, targets, kappa = data
+      return self.network(list(inputs) + [masks], training=True), targets, kappa
+
+  trainer = GivenBatch(network, tiny_spec(network), seed=SEED, steps_per_epoch=1, epochs=1)
+  trainer.compile(optimizer=optimizers.make_optimizer("pytorch", 0.1))
+  return trainer
+
+
+def given_batch_steps(network, arrays, steps=2):
+  """`steps` SGD steps (momentum from the second) on one given batch; the weights after them."""
+  trainer = given_batch_trainer(network)
+  for _ in range(steps):
+    trainer.train_on_batch(list(arrays))
+  return [np.asarray(w.numpy() if hasattr(w, "numpy") else w.value, np.float64)
+          for w in network.weights]
+
+
 def max_weight_difference(a, b):
   """Largest |a - b| over every weight (BN moving statistics included), matched in order."""
   assert len(a.weights) == len(b.weights)
@@ -87,12 +115,12 @@ def test_keras_step_equals_the_custom_loop_step_on_tensorflow():
   trainer.compile(optimizer=optimizers.make_optimizer("pytorch", schedule))
   optimizer = optimizers.make_optimizer("pytorch", schedule)
   optimizer.build(net_loop.trainable_variables)
-  root = tf.constant([SEED, keras_trainer.ROOT_SEED_TAG], tf.int32)  # train.Trainer._seed
+  root = tf.constant([SEED, keras_trainer.ROOT_SEED_TAG], tf.int32)  # custom_loop.Trainer._seed
   batches = [learnable_data(UNIQUE, seed=s) for s in (1, 2)]
   loop_losses = []
   for step, (images, labels) in enumerate(batches):
     trainer.train_on_batch((images, labels))
-    # train.Trainer._replica_step on replica 0 at this step (int64 step, 1-based epoch).
+    # custom_loop.Trainer._replica_step on replica 0 at this step (int64 step, 1-based epoch).
     seed, batch_seed = step_lib.step_seeds(root, tf.constant(step, tf.int64), 0)
     patch_p = schedules.patch_probability(step // 1 + 1, 2, 0.5)
     batch = step_lib.member_batch(spec, tf.constant(images), tf.constant(labels), (), seed,
@@ -170,6 +198,18 @@ def test_train_batches_order_and_bad_arguments():
 
 
 def test_jax_fit_and_data_parallel_step_without_tensorflow(tmp_path):
+  """JAX without TensorFlow: fit, DataParallel on 2 host devices equal to 1 device, and two steps
+  from the same initial weights on the same sampled member batch equal to TensorFlow's."""
+  from mixmo_tf import step as step_lib
+  network = tiny_network()
+  network.save(tmp_path / "step_model.keras")
+  images, labels = learnable_data(UNIQUE, seed=3)
+  seed, batch_seed = step_lib.step_seeds(np.array([SEED, 0x5EED], np.int32), 0, 0)
+  batch = step_lib.member_batch(tiny_spec(network), images, labels, (), seed, batch_seed, 0.5)
+  arrays = [np.asarray(x) for x in list(batch.inputs) + [batch.masks, batch.targets, batch.kappa]]
+  assert 0 < float(np.mean(arrays[-1][:, 0])) < 1  # kappa: a real mix of the two inputs.
+  np.savez(tmp_path / "step_batch.npz", *arrays)
+  tf_weights = given_batch_steps(network, arrays)
   # Two host devices for DataParallel; skip XLA's LLVM optimisation (compile time, not numerics).
   xla_flags = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
                " --xla_backend_optimization_level=0").strip()
@@ -185,6 +225,14 @@ def test_jax_fit_and_data_parallel_step_without_tensorflow(tmp_path):
   print(f"JAX DataParallel (2 devices) vs single device, 1 step: max |weight difference| "
         f"{report['data_parallel_max_difference']:.3g}")
   assert report["data_parallel_max_difference"] <= TOLERANCE, report
+  with np.load(tmp_path / "jax_step_weights.npz") as saved:
+    jax_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+  initial = [np.asarray(w, np.float64) for w in tiny_network().get_weights()]
+  moved = max(float(np.max(np.abs(a - b))) for a, b in zip(tf_weights, initial))
+  difference = max(float(np.max(np.abs(a - b))) for a, b in zip(tf_weights, jax_weights))
+  print(f"2 steps on one member batch, JAX vs TensorFlow: max |weight difference| "
+        f"{difference:.3g} (the steps moved weights by up to {moved:.3g})")
+  assert moved > 1e-2 and difference <= CROSS_BACKEND_TOLERANCE, (difference, moved)
 
 
 class _RefuseTensorFlow(importlib.abc.MetaPathFinder):
@@ -254,6 +302,11 @@ def _jax_main(out: pathlib.Path):
   logits = single.network.predict([x, x], verbose=0)
   assert logits.shape == (len(x), 2, CLASSES) and np.all(np.isfinite(logits))
   print("OK fit: finite loss, predict", flush=True)
+  with np.load(out / "step_batch.npz") as saved:
+    arrays = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+  network = keras.models.load_model(out / "step_model.keras", safe_mode=True)
+  np.savez(out / "jax_step_weights.npz", *given_batch_steps(network, arrays))
+  print("OK given-batch steps written", flush=True)
   (out / "jax_report.json").write_text(json.dumps(dict(
       data_parallel_max_difference=difference, single_loss=single_loss,
       parallel_loss=parallel_loss, fit_losses=losses)))

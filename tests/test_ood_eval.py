@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from baselines.ensemble import run_ensemble
 from mixmo_tf import data as data_lib
-from mixmo_tf import evaluate, ood, ood_data, tables, tfds_data, train
+from mixmo_tf import custom_loop, evaluate, ood, ood_data, tables, tfds_data, train
 from mixmo_tf.config import Config
 from mixmo_tf.predict import load_predictor, predict_dataset
 from tests.conftest import REPO
@@ -237,7 +237,7 @@ def test_train_ood_scores_at_the_end_and_matches_evaluate(tmp_path, monkeypatch)
   for score, values in scores.items():
     for metric in ("auroc", "aupr_in", "aupr_out", "fpr95"):
       assert values[metric] == pytest.approx(again[score][metric], abs=1e-6), (score, metric)
-  monkeypatch.setattr(train.Trainer, "train_epoch", lambda *a: pytest.fail("trained"))
+  monkeypatch.setattr(custom_loop.Trainer, "train_epoch", lambda *a: pytest.fail("trained"))
   with pytest.raises(ValueError, match="missing"):
     train.run(tiny_config(tmp_path / "bad", max_steps=3,
                           ood=(f"folder:{tmp_path / 'missing'}",)))

@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from mixmo_tf import data as data_lib
-from mixmo_tf import export, mixmo_weights, sample_masks, train
+from mixmo_tf import custom_loop, export, mixmo_weights, sample_masks, train
 from mixmo_tf.mixing import mixing_methods
 from tests.helpers import tiny_config
 
@@ -39,7 +39,7 @@ def test_invalid_flags_rejected_before_reading_data(overrides, flag, tmp_path, m
   monkeypatch.setattr(data_lib, "load", no_data)
   config = dataclasses.replace(tiny_config(tmp_path / "run"), **overrides)
   with pytest.raises(ValueError, match=f"--{flag}") as error:
-    train.build_trainer(config, tf.distribute.OneDeviceStrategy("/cpu:0"))
+    custom_loop.build_trainer(config, tf.distribute.OneDeviceStrategy("/cpu:0"))
   value = str(getattr(config, flag))
   assert value in str(error.value) or flag in ("data_dir", "output_dir")
 

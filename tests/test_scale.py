@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from mixmo_tf import train
+from mixmo_tf import custom_loop
 from tests.conftest import REPO
 from tests.helpers import tiny_config
 
@@ -62,7 +62,7 @@ def test_multi_worker_two_processes_identical_weights_chief_checkpoints(tmp_path
 @pytest.mark.parametrize("overrides", [dict(precision="mixed_bfloat16"), dict(jit_compile=True)],
                          ids=["bfloat16", "xla"])
 def test_precision_and_xla_train_with_finite_decreasing_loss(overrides, tmp_path):
-  trainer = train.build_trainer(tiny_config(tmp_path, max_steps=60, log_every_steps=10,
+  trainer = custom_loop.build_trainer(tiny_config(tmp_path, max_steps=60, log_every_steps=10,
                                       lr_warmup_epochs=0.1, base_learning_rate=0.8, **overrides))
   try:
     trainer.train_epoch(0, 0)

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from mixmo_tf import data as data_lib
-from mixmo_tf import train
+from mixmo_tf import custom_loop, train
 from tests.conftest import REPO
 from tests.helpers import tiny_config
 
@@ -134,9 +134,9 @@ def test_augmix_training_steps_on_cifar10_jpegs(cifar10_folder, tmp_path):
 
 def test_resume_continues_and_matches_uninterrupted(tmp_path):
   straight = train.run(tiny_config(tmp_path / "a", max_steps=30, checkpoint_frequency=1))
-  first = train.build_trainer(tiny_config(tmp_path / "b", max_steps=17))
+  first = custom_loop.build_trainer(tiny_config(tmp_path / "b", max_steps=17))
   first.fit()
-  resumed = train.build_trainer(tiny_config(tmp_path / "b", max_steps=30))
+  resumed = custom_loop.build_trainer(tiny_config(tmp_path / "b", max_steps=30))
   assert resumed.restore() == 17
   results = resumed.fit()
   assert results["global_step"] == straight["global_step"] == 30
