@@ -9,9 +9,10 @@ fold-in or Dirichlet. This module can, on each backend:
               `tf.random.stateless_uniform / normal / gamma`; seeds are int32 [2] tensors.
   JAX         `jax.random` on raw threefry2x32 keys; seeds are uint32 [2] arrays (the data of a
               `jax.random.PRNGKey`), usable under `jax.jit`.
-  PyTorch     split / fold-in hash the two seed words with SplitMix64; each draw seeds its own CPU
-              `torch.Generator` from the seed (the numbers do not depend on the device), and the
-              result moves to Keras' device. Seeds are int64 [2] CPU tensors holding the words.
+  PyTorch     split / fold-in hash the two seed words with SplitMix64; each draw runs NumPy's
+              Philox keyed by both words (a CPU `torch.Generator` would keep only 32 bits of a
+              seed), on the CPU, so the numbers do not depend on the device; the result moves to
+              Keras' device. Seeds are int64 [2] CPU tensors holding the words. Eager only.
 
 Each backend has its own streams: one seed gives the same distributions everywhere, but different
 numbers on TensorFlow, JAX and PyTorch. Nothing here imports TensorFlow, JAX or PyTorch until a
@@ -145,7 +146,7 @@ def _mix64(x: int) -> int:
 
 
 class _Torch:
-  """SplitMix64-derived seeds and one CPU `torch.Generator` per draw (eager PyTorch)."""
+  """SplitMix64-derived seeds; each draw runs NumPy's Philox keyed by the whole seed (eager)."""
 
   _SPLIT, _FOLD = 1, 2  # Salts: split(s, n)[i] and fold_in(s, i) are different seeds.
 
@@ -162,16 +163,27 @@ class _Torch:
     return [x & _MASK32, x >> 32]
 
   @staticmethod
-  def _generator(seed):
-    import torch
+  def _generator(seed) -> np.random.Generator:
+    """NumPy's Philox keyed by all 64 bits of `seed`. Not a CPU `torch.Generator`: its MT19937
+    keeps only the low 32 bits of a seed, so seeds collided (9902 and 242356 drew alike)."""
     low, high = _Torch._words(seed)
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(_mix64((high << 32) | low) & ((1 << 63) - 1))
-    return generator
+    return np.random.Generator(np.random.Philox(key=(high << 32) | low))
 
   @staticmethod
   def _shape(shape) -> list:
     return [int(d) for d in shape]
+
+  _UNIT_BITS = {"float16": 11, "bfloat16": 8}  # Significand bits: k / 2**bits is exact, < 1.
+
+  @staticmethod
+  def _float(dtype: str):
+    """NumPy's draw dtype for a float `dtype`: float64, else float32 (rounded to 16 bits after)."""
+    return np.float64 if dtype == "float64" else np.float32
+
+  @staticmethod
+  def _tensor(values, dtype: str):
+    """A NumPy draw as a `dtype` tensor on Keras' device."""
+    return keras.ops.cast(keras.ops.convert_to_tensor(np.asarray(values)), dtype)
 
   @staticmethod
   def as_seed(seed):
@@ -192,30 +204,29 @@ class _Torch:
 
   @staticmethod
   def uniform(shape, seed, minval, maxval, dtype):
-    import torch
-    from keras.src.backend.torch.core import to_torch_dtype
     generator, shape = _Torch._generator(seed), _Torch._shape(shape)
     if "int" in dtype:
-      return keras.ops.convert_to_tensor(torch.randint(
-          int(minval), int(maxval), shape, generator=generator, dtype=to_torch_dtype(dtype)))
-    unit = torch.rand(shape, generator=generator, dtype=to_torch_dtype(dtype))
-    return minval + (maxval - minval) * keras.ops.convert_to_tensor(unit)
+      return _Torch._tensor(generator.integers(int(minval), int(maxval), shape, dtype=dtype),
+                            dtype)
+    if dtype in _Torch._UNIT_BITS:  # Rounding a float32 draw to 16 bits could give 1.0.
+      steps = 1 << _Torch._UNIT_BITS[dtype]
+      unit = generator.integers(0, steps, shape).astype(np.float32) / steps
+    else:
+      unit = generator.random(shape, dtype=_Torch._float(dtype))
+    return minval + (maxval - minval) * _Torch._tensor(unit, dtype)
 
   @staticmethod
   def normal(shape, seed, dtype):
-    import torch
-    from keras.src.backend.torch.core import to_torch_dtype
-    return keras.ops.convert_to_tensor(torch.randn(
-        _Torch._shape(shape), generator=_Torch._generator(seed), dtype=to_torch_dtype(dtype)))
+    draws = _Torch._generator(seed).standard_normal(_Torch._shape(shape),
+                                                    dtype=_Torch._float(dtype))
+    return _Torch._tensor(draws, dtype)
 
   @staticmethod
   def gamma(shape, seed, alpha, dtype):
-    import torch
-    from keras.src.backend.torch.core import to_torch_dtype
-    alpha = torch.as_tensor(alpha, dtype=to_torch_dtype(dtype)).cpu()
-    alpha = alpha.expand(_Torch._shape(shape)).contiguous()
-    draws = torch._standard_gamma(alpha, generator=_Torch._generator(seed))
-    return keras.ops.convert_to_tensor(draws)
+    shape, float_dtype = _Torch._shape(shape), _Torch._float(dtype)
+    alpha = np.broadcast_to(np.asarray(keras.ops.convert_to_numpy(alpha), float_dtype), shape)
+    draws = _Torch._generator(seed).standard_gamma(alpha, shape, dtype=float_dtype)
+    return _Torch._tensor(draws, dtype)
 
 
 _BACKENDS = {"tensorflow": _TensorFlow, "jax": _Jax, "torch": _Torch}

@@ -6,7 +6,8 @@ seven modules without running `mixmo_tf/__init__.py` (a hand-made package object
 own import is not what is tested here), repeats the statistical and wiring checks of
 tests/test_mixing.py and tests/test_step.py under JAX, and prints one "OK <check>" line per check.
 Each backend has its own random streams (mixmo_tf/rng.py): the distributions are checked, not
-the numbers.
+the numbers. The script runs under KERAS_BACKEND=torch too (eagerly, with `backend_checks`'s
+names): tests/test_torch_backend.py runs it there.
 """
 
 import os
@@ -25,12 +26,25 @@ CHECKS = ("no tensorflow import", "cutmix kappa follows the reference procedure"
           "same seed, same masks under jax.jit")
 
 
+def backend_checks(backend: str) -> tuple:
+  """The "OK <check>" names the script prints under `backend` ("jax" or "torch")."""
+  if backend == "jax":
+    return CHECKS
+  return CHECKS[:-1] + (f"same seed, same masks under {backend}",)
+
+
+def run_script(backend: str, env: dict):
+  """Runs this file as the check script under `backend`; returns the CompletedProcess."""
+  env = dict(env, KERAS_BACKEND=backend)
+  return subprocess.run([sys.executable, __file__], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600)
+
+
 def test_jax_backend_runs_the_same_functions_without_tensorflow():
   # XLA's compile time dominates these tiny graphs: skip its LLVM optimisation (not numerics).
   xla_flags = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-  env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags)
-  result = subprocess.run([sys.executable, __file__], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags)
+  result = run_script("jax", env)
   assert result.returncode == 0, result.stdout + result.stderr[-5000:]
   lines = result.stdout.splitlines()
   for check in CHECKS:
@@ -74,15 +88,21 @@ def test_rng_seeds_and_small_concentrations():
 def _refuse_tensorflow():
   """Inserts, first on sys.meta_path, a finder that refuses TensorFlow and its companions."""
   import importlib.abc
+  backend = os.environ.get("KERAS_BACKEND")
 
   class Refuse(importlib.abc.MetaPathFinder):
 
     def find_spec(self, name, path=None, target=None):
       if name.split(".")[0] in BLOCKED:
-        raise ImportError(f"{name} must not be imported under KERAS_BACKEND=jax")
+        raise ImportError(f"{name} must not be imported under KERAS_BACKEND={backend}")
       return None
 
   sys.meta_path.insert(0, Refuse())
+  if backend == "torch":
+    # torch._dynamo probes `importlib.util.find_spec("tensorflow")` when Keras imports it, and a
+    # raising finder breaks that probe. A None entry in sys.modules makes the probe answer None
+    # ("not installed") and any import raise ModuleNotFoundError.
+    sys.modules.update(dict.fromkeys(BLOCKED))
 
 
 def _load_modules():
@@ -97,39 +117,50 @@ def _load_modules():
   return [importlib.import_module(f"mixmo_tf.{name}") for name in names]
 
 
+def _compiler(backend):
+  """(jit(fn, static_argnums=()), its name): `jax.jit` under JAX; identity elsewhere (eager)."""
+  if backend == "jax":
+    import jax
+    return jax.jit, "jax.jit"
+  return (lambda fn, static_argnums=(): fn), backend
+
+
 def _main():
   _refuse_tensorflow()
   import keras
-  import jax
   import numpy as np
   from scipy import stats
   rng, mixing, losses, _, _, step, _ = _load_modules()
-  assert keras.backend.backend() == "jax", keras.backend.backend()
-  loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+  backend = keras.backend.backend()
+  assert backend == os.environ.get("KERAS_BACKEND") and backend in ("jax", "torch"), backend
+  loaded = sorted(m for m, module in sys.modules.items()
+                  if m.split(".")[0] in BLOCKED and module is not None)
   assert not loaded, loaded
   print("OK no tensorflow import", flush=True)
 
-  masks_fn = jax.jit(mixing.sample_masks, static_argnums=(0, 1, 2, 3, 4))
+  jit, jit_name = _compiler(backend)
+  masks_fn = jit(mixing.sample_masks, static_argnums=(0, 1, 2, 3, 4))
   seed = rng.as_seed
+  ops = keras.ops
 
   n, size = 20000, 32
   lam = np.random.default_rng(0).beta(2, 2, n).astype(np.float32)
-  box_kappa = jax.jit(lambda s, k: mixing.cutmix_box(s, k, size, size).mean(axis=(1, 2)))
-  ours = np.asarray(box_kappa(seed([5, 7]), lam))
+  box_kappa = jit(lambda s, k: ops.mean(mixing.cutmix_box(s, k, size, size), axis=(1, 2)))
+  ours = np.asarray(box_kappa(seed([5, 7]), ops.convert_to_tensor(lam)))
   ref = reference_cutmix_kappa(n, size, np.random.default_rng(1))
   assert stats.ks_2samp(ours, ref).pvalue > 0.01
   assert stats.kstest(ours, stats.beta(2, 2).cdf).pvalue < 1e-6  # truncation shows
-  _, kappa = masks_fn(n, size, size, 2, "cutmix", 2.0, 1.0, seed(11))
+  kappa = np.asarray(masks_fn(n, size, size, 2, "cutmix", 2.0, 1.0, seed(11))[1])
   ours_min = np.minimum(kappa[:, 0], kappa[:, 1])
   assert stats.ks_2samp(ours_min, np.minimum(ref, 1 - ref)).pvalue > 0.01
   beta = np.random.default_rng(2).beta(2, 2, n)
   assert stats.ks_2samp(ours_min, np.minimum(beta, 1 - beta)).pvalue < 1e-6
   print("OK cutmix kappa follows the reference procedure", flush=True)
 
-  _, kappa = masks_fn(n, 4, 4, 2, "linear", 2.0, 0.5, seed(5))
-  assert stats.kstest(np.asarray(kappa[:, 0]), stats.beta(2, 2).cdf).pvalue > 0.01
-  _, kappa3 = masks_fn(n, 4, 4, 3, "linear", 2.0, 0.5, seed(5))
-  assert stats.kstest(np.asarray(kappa3[:, 1]), stats.beta(2, 4).cdf).pvalue > 0.01
+  kappa = np.asarray(masks_fn(n, 4, 4, 2, "linear", 2.0, 0.5, seed(5))[1])
+  assert stats.kstest(kappa[:, 0], stats.beta(2, 2).cdf).pvalue > 0.01
+  kappa3 = np.asarray(masks_fn(n, 4, 4, 3, "linear", 2.0, 0.5, seed(5))[1])
+  assert stats.kstest(kappa3[:, 1], stats.beta(2, 4).cdf).pvalue > 0.01
   print("OK linear kappa is Beta(2, 2)", flush=True)
 
   for s in range(10):
@@ -137,8 +168,8 @@ def _main():
     assert np.all(m == m[:, :, :1, :1, :])
     m = np.asarray(masks_fn(8, 8, 8, 2, "cutmix", 2.0, 1.0, seed(s))[0])
     assert set(np.unique(m)) <= {0.0, 1.0}
-  binary = [set(np.unique(masks_fn(8, 8, 8, 2, "cutmix", 2.0, 0.5, seed(s))[0])) <= {0.0, 1.0}
-            for s in range(200)]
+  binary = [set(np.unique(np.asarray(masks_fn(8, 8, 8, 2, "cutmix", 2.0, 0.5, seed(s))[0])))
+            <= {0.0, 1.0} for s in range(200)]
   assert 0.4 < np.mean(binary) < 0.6, np.mean(binary)
   print("OK p = 0 linear, p = 1 binary", flush=True)
 
@@ -163,9 +194,10 @@ def _main():
         assert (box == 0).sum() == 0 or np.ptp(example[i][box == 0]) < 1e-6
   print("OK M = 3 patch one, interpolate others", flush=True)
 
-  shapes = jax.jit(lambda s: [mixing.sample_masks(16, 8, 6, m, method, 2.0, 0.5, s)
-                               for method in mixing.mixing_methods() for m in (1, 2, 3)])
+  shapes = jit(lambda s: [mixing.sample_masks(16, 8, 6, m, method, 2.0, 0.5, s)
+                          for method in mixing.mixing_methods() for m in (1, 2, 3)])
   for masks, kappa in shapes(seed(3)):
+    masks, kappa = np.asarray(masks), np.asarray(kappa)
     assert masks.shape[2:] == (8, 6, 1) and masks.dtype == np.float32
     np.testing.assert_allclose(np.sum(masks, 1), 1.0, atol=1e-6)
     np.testing.assert_allclose(kappa, np.mean(masks, (2, 3, 4)), atol=1e-6)
@@ -182,8 +214,11 @@ def _main():
   images = np.broadcast_to(values.astype(np.uint8)[:, None, None, None],
                            (unique, grid, grid, 3)).copy()
   labels = ((np.arange(unique) * 7) % 64).astype(np.int32)
-  run = jax.jit(lambda x, y, s, b: step.member_batch(spec, x, y, (), s, b, 1.0))
-  batch = run(images, labels, seed([3, 4]), seed([5, 6]))
+  run = jit(lambda x, y, s, b: step.member_batch(spec, x, y, (), s, b, 1.0))
+  batch = run(ops.convert_to_tensor(images), ops.convert_to_tensor(labels), seed([3, 4]),
+              seed([5, 6]))
+  batch = batch._replace(**{k: ops.convert_to_numpy(v) for k, v in batch._asdict().items()
+                            if k != "inputs"})
   indices = np.asarray(batch.indices)
   assert indices.shape == (members, unique * reps)
   for i in range(members):
@@ -200,15 +235,22 @@ def _main():
     np.testing.assert_allclose(w, expected, atol=1e-4)
   print("OK w_r hand values", flush=True)
 
-  first = masks_fn(8, 8, 8, 2, "cutmix", 2.0, 0.5, seed([1, 2]))
-  again = masks_fn(8, 8, 8, 2, "cutmix", 2.0, 0.5, seed([1, 2]))
-  other = masks_fn(8, 8, 8, 2, "cutmix", 2.0, 0.5, seed([1, 3]))
-  eager = mixing.sample_masks(8, 8, 8, 2, "cutmix", 2.0, 0.5, [1, 2])
+  to_numpy = lambda pair: [np.asarray(t) for t in pair]
+  first = to_numpy(masks_fn(8, 8, 8, 2, "cutmix", 2.0, 0.5, seed([1, 2])))
+  again = to_numpy(masks_fn(8, 8, 8, 2, "cutmix", 2.0, 0.5, seed([1, 2])))
+  other = to_numpy(masks_fn(8, 8, 8, 2, "cutmix", 2.0, 0.5, seed([1, 3])))
+  eager = to_numpy(mixing.sample_masks(8, 8, 8, 2, "cutmix", 2.0, 0.5, [1, 2]))
   for a, b, e in zip(first, again, eager):
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a, e, atol=1e-6)  # jit may fuse float ops: ulps, not draws
   assert not np.array_equal(first[1], other[1])
-  print("OK same seed, same masks under jax.jit", flush=True)
+  # A step's seeds: the same (seed, step) gives the same draws, another step other draws.
+  root = np.array([7, 0x5EED], np.int32)
+  step_kappa = lambda t: np.asarray(mixing.sample_masks(
+      8, 8, 8, 2, "cutmix", 2.0, 0.5, *step.step_seeds(root, t, 0))[1])
+  np.testing.assert_array_equal(step_kappa(3), step_kappa(3))
+  assert not np.array_equal(step_kappa(3), step_kappa(4))
+  print(f"OK same seed, same masks under {jit_name}", flush=True)
 
 
 if __name__ == "__main__":
