@@ -60,11 +60,16 @@ def problem(path: str):
   return None
 
 
-def load(path: str, groups: Dict[str, Sequence]) -> None:
+def load(path: str, groups: Dict[str, Sequence], partial: bool = False) -> None:
   """Assigns the saved values to `groups`; ValueError naming the first variable whose count or
-  shape differs (a checkpoint of another network or optimizer), before assigning anything."""
+  shape differs (a checkpoint of another network or optimizer), before assigning anything.
+  `partial`: groups of the file not asked for are ignored (e.g. the network alone)."""
   arrays = read(path)
   saved_paths = json.loads(str(arrays.pop(_PATHS)))
+  missing = sorted(set(groups) - set(saved_paths))
+  if missing or (not partial and set(saved_paths) != set(groups)):
+    raise ValueError(f"{path} holds the groups {sorted(saved_paths)}, expected "
+                     f"{sorted(groups)}.")
   for group, variables in groups.items():
     names = sorted(k for k in arrays if k.startswith(group + "/"))
     if len(names) != len(variables):

@@ -89,9 +89,10 @@ def digits_arrays(train_subset: int = 0) -> Arrays:
   return Arrays(train_x, train_y, images[test_mask], labels[test_mask], info)
 
 
-def folder_arrays(root: str, train_subset: int = 0, image_size: int = 0) -> Arrays:
-  """`root/train/<class>/*` and `root/test/<class>/*` decoded into memory (class index = sorted
-  folder name); ValueError naming what is wrong (missing split, differing classes, bad file)."""
+def folder_listing(root: str, train_subset: int = 0, image_size: int = 0):
+  """`root/train/<class>/*` and `root/test/<class>/*` listed (class index = sorted folder name):
+  (train_paths, train_labels, test_paths, test_labels, info). ValueError naming what is wrong
+  (missing split, differing classes, an unreadable first image)."""
   train_paths, train_labels, classes = list_image_folder(root, "train")
   test_paths, test_labels, test_classes = list_image_folder(root, "test")
   if classes != test_classes:
@@ -106,6 +107,13 @@ def folder_arrays(root: str, train_subset: int = 0, image_size: int = 0) -> Arra
   info = DataInfo("folder", len(classes), (size, size, 3), len(train_paths), len(test_paths),
                   CIFAR_MEAN, CIFAR_STD, crop_padding=4 * size // 32, flip=True,
                   class_names=tuple(classes))
-  return Arrays(decode_images(train_paths, size), train_labels,
-                decode_images(test_paths, size), np.asarray(test_labels, np.int32), info)
+  return train_paths, train_labels, test_paths, np.asarray(test_labels, np.int32), info
 
+
+def folder_arrays(root: str, train_subset: int = 0, image_size: int = 0) -> Arrays:
+  """A class-folder tree (`folder_listing`) decoded into memory with pillow."""
+  train_paths, train_labels, test_paths, test_labels, info = folder_listing(
+      root, train_subset, image_size)
+  size = info.image_shape[0]
+  return Arrays(decode_images(train_paths, size), train_labels, decode_images(test_paths, size),
+                test_labels, info)

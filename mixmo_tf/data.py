@@ -18,7 +18,7 @@ from mixmo_tf import arrays as arrays_lib
 from mixmo_tf.arrays import CIFAR_MEAN, CIFAR_STD
 from mixmo_tf.augment import normalize, random_crop_flip
 from mixmo_tf.data_info import DataInfo
-from mixmo_tf.image_folder import subset_indices
+from mixmo_tf.image_folder import decode_folder, subset_indices
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -60,7 +60,7 @@ def subset_dataset(ds: tf.data.Dataset, info: DataInfo, subset: int):
 
 
 # ---------------------------------------------------------------------------------------------
-# The embedded digits and class-folder trees: the NumPy arrays every backend reads (`arrays`).
+# The embedded digits and class-folder trees, listed as every backend lists them (`arrays`).
 
 
 def _from_arrays(arrays) -> Tuple[tf.data.Dataset, tf.data.Dataset, DataInfo]:
@@ -74,8 +74,11 @@ def _load_digits(config):
 
 
 def _load_folder(config):
-  return _from_arrays(arrays_lib.folder_arrays(config.data_dir, config.train_subset,
-                                               config.image_size))
+  train_paths, train_labels, test_paths, test_labels, info = arrays_lib.folder_listing(
+      config.data_dir, config.train_subset, config.image_size)
+  size = info.image_shape[0]
+  return (decode_folder(train_paths, train_labels, size),
+          decode_folder(test_paths, test_labels, size), info)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -220,7 +220,8 @@ class KerasRun:
   def _tensorboard(self) -> list:
     """keras.callbacks.TensorBoard where TensorFlow is installed (epoch scalars); else none."""
     try:
-      import tensorflow  # noqa: F401  (only to know whether summaries can be written)
+      with runtime.quiet_tensorflow_import():  # Only to know whether summaries can be written.
+        import tensorflow  # noqa: F401
     except ImportError:
       logging.info("TensorFlow is not installed: no TensorBoard summaries; history.json holds "
                    "the per-epoch scalars.")

@@ -118,8 +118,7 @@ def load_predictor(path: str):
     model = keras.models.load_model(path, safe_mode=True)
   elif os.path.exists(os.path.join(path, "model.keras")):
     model = keras.models.load_model(os.path.join(path, "model.keras"), safe_mode=True)
-  elif config is not None and info is not None and tf.train.latest_checkpoint(
-      os.path.join(path, "checkpoints")):
+  elif config is not None and info is not None and _latest_checkpoint(path):
     model = model_from_checkpoint(path, config, info)
   else:
     raise ValueError(f"{path!r} is neither a run directory (model.keras or checkpoints/), a .keras "
@@ -130,11 +129,23 @@ def load_predictor(path: str):
   return Predictor.from_keras(model, info), info, config
 
 
+def _latest_checkpoint(run_dir: str) -> Optional[str]:
+  """The newest checkpoint of either loop in a run folder (tf.train or `.weights.npz`)."""
+  from mixmo_tf.run_dir import RunDir
+  return RunDir(run_dir).latest_checkpoint()
+
+
 def model_from_checkpoint(run_dir: str, config: dict, info, checkpoint: Optional[str] = None):
-  """The run's network with the weights of its latest (or the given) tf.train checkpoint."""
+  """The run's network with the weights of its latest (or the given) checkpoint: a tf.train
+  checkpoint of the TensorFlow loop or a `.weights.npz` of the Keras-native loop."""
+  from mixmo_tf import array_checkpoint
   from mixmo_tf.config import Config
   from mixmo_tf.models import build_from_config
   model = build_from_config(Config.from_dict(config), info)
-  path = checkpoint or tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-  tf.train.Checkpoint(model=model).restore(path).expect_partial()
+  path = checkpoint or _latest_checkpoint(run_dir)
+  if path and os.path.exists(path + array_checkpoint.SUFFIX):
+    array_checkpoint.load(path + array_checkpoint.SUFFIX, {"network": model.variables},
+                          partial=True)
+  else:
+    tf.train.Checkpoint(model=model).restore(path).expect_partial()
   return model

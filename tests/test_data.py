@@ -114,22 +114,20 @@ def test_train_subset_is_the_same_fixed_sample_for_every_loader(tmp_path):
   assert sub_info.num_train == 100
 
 
-def test_pillow_decoder_gives_tensorflow_s_accurate_jpeg_pixels(cifar10_folder):
-  """Both loops read folders through pillow (`image_folder.decode_images`); on the shared
-  CIFAR-10 JPEGs its pixels equal tf.io.decode_jpeg with the accurate integer DCT, bit for bit.
-  TensorFlow's default DCT (INTEGER_FAST), which the TensorFlow path used before, differs by a
-  few levels on most images: the reason the decoder is pillow's."""
-  import tensorflow as tf
-
-  from mixmo_tf.image_folder import decode_images, list_image_folder
-  paths, _, _ = list_image_folder(str(cifar10_folder), "test")
-  paths = paths[::50]  # 200 images, 20 of each class.
+def test_pillow_and_tensorflow_decoders_give_the_same_pixels(cifar10_folder):
+  """The Keras loop decodes folders with pillow (`decode_images`), the TensorFlow pipeline with
+  tf.io (`decode_folder`): on the shared CIFAR-10 JPEGs both give the same pixels, bit for bit.
+  TensorFlow's default DCT (INTEGER_FAST), which round one used, differs by a few levels on most
+  images: the reason `decode_folder` asks for the accurate one."""
+  from mixmo_tf.image_folder import decode_folder, decode_images, list_image_folder
+  paths, labels, _ = list_image_folder(str(cifar10_folder), "test")
+  paths, labels = paths[::50], labels[::50]  # 200 images, 20 of each class.
   ours = decode_images(paths, 32)
-  accurate = np.stack([tf.io.decode_jpeg(tf.io.read_file(p), channels=3,
-                                         dct_method="INTEGER_ACCURATE").numpy() for p in paths])
+  theirs, got_labels = zip(*decode_folder(paths, labels, 32).as_numpy_iterator())
   fast = np.stack([tf.io.decode_image(tf.io.read_file(p), channels=3).numpy() for p in paths])
   assert ours.shape == (200, 32, 32, 3) and ours.dtype == np.uint8
-  np.testing.assert_array_equal(ours, accurate)
+  np.testing.assert_array_equal(ours, np.stack(theirs))
+  assert list(got_labels) == labels
   gap = np.abs(ours.astype(int) - fast)
   assert 0 < gap.max() <= 8 and (gap > 0).mean() > 0.1  # The default really is another decoder.
 

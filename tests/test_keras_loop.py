@@ -90,6 +90,9 @@ def finish(process, timeout=600):
 
 
 def test_run_folder_resume_and_damage_on_the_tensorflow_backend(tmp_path):
+  import keras
+
+  from mixmo_tf import predict
   config = lambda out, **kw: tiny_config(tmp_path / out, epochs=3, lr_decay_epochs=(2,),
                                          checkpoint_frequency=1, eval_frequency=2, **kw)
   whole = keras_loop.run(config("whole"))
@@ -108,6 +111,13 @@ def test_run_folder_resume_and_damage_on_the_tensorflow_backend(tmp_path):
   prefixes = run_dir.array_checkpoints(str(folder / "checkpoints"))
   assert [p.rsplit("-", 1)[1] for p in prefixes] == ["89", "178", "267"]
   assert all(run_dir.checkpoint_problem(p) is None for p in prefixes)
+
+  # evaluate / export read a run folder without model.keras from its newest checkpoint.
+  info, saved_config = predict.read_run_files(str(folder))
+  restored = predict.model_from_checkpoint(str(folder), saved_config, info)
+  x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype(np.float32)
+  network = keras.models.load_model(folder / "model.keras")
+  np.testing.assert_allclose(restored([x, x]), network([x, x]), atol=1e-5)
 
   # Stopped after epoch 1 (--max_steps), rerun without: the same weights as the whole run.
   keras_loop.run(config("resumed", max_steps=STEPS_PER_EPOCH))
