@@ -10,15 +10,28 @@ differ from one process to the next); the saved paths are kept to name a mismatc
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import zipfile
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
 SUFFIX = ".weights.npz"
 _PATHS = "__paths__"
+
+
+def step_of(prefix: str) -> int:
+  """The step N of a checkpoint prefix `.../ckpt-N` (-1 if it has none)."""
+  tail = prefix.rsplit("-", 1)[-1]
+  return int(tail) if tail.isdigit() else -1
+
+
+def prefixes(directory: str) -> List[str]:
+  """Prefixes (`.../ckpt-N`) of the `.weights.npz` checkpoints in `directory`, oldest first."""
+  found = glob.glob(os.path.join(directory, "*" + SUFFIX))
+  return sorted((p[:-len(SUFFIX)] for p in found), key=step_of)
 
 
 def _variable_arrays(groups: Dict[str, Sequence]) -> Dict[str, np.ndarray]:

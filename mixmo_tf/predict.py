@@ -130,9 +130,11 @@ def load_predictor(path: str):
 
 
 def _latest_checkpoint(run_dir: str) -> Optional[str]:
-  """The newest checkpoint of either loop in a run folder (tf.train or `.weights.npz`)."""
-  from mixmo_tf.run_dir import RunDir
-  return RunDir(run_dir).latest_checkpoint()
+  """The newest checkpoint of either loop in a run folder (`.weights.npz` or tf.train)."""
+  from mixmo_tf import array_checkpoint
+  directory = os.path.join(run_dir, "checkpoints")
+  arrays = array_checkpoint.prefixes(directory)
+  return arrays[-1] if arrays else tf.train.latest_checkpoint(directory)
 
 
 def model_from_checkpoint(run_dir: str, config: dict, info, checkpoint: Optional[str] = None):

@@ -27,6 +27,8 @@ from typing import Callable, Dict, List, Optional
 from absl import logging
 
 from mixmo_tf import array_checkpoint
+from mixmo_tf.array_checkpoint import prefixes as array_checkpoints
+from mixmo_tf.array_checkpoint import step_of as _step_of
 from mixmo_tf.config import RESUME_KEYS
 from mixmo_tf.run_lock import LOCK_FILE, RunFolderError, RunLock
 
@@ -51,17 +53,6 @@ def checkpoint_files(prefix: str) -> List[str]:
   if os.path.exists(prefix + array_checkpoint.SUFFIX):
     return [prefix + array_checkpoint.SUFFIX]
   return sorted(glob.glob(prefix + ".data-*")) + [prefix + ".index"]
-
-
-def _step_of(prefix: str) -> int:
-  tail = prefix.rsplit("-", 1)[-1]
-  return int(tail) if tail.isdigit() else -1
-
-
-def array_checkpoints(directory: str) -> List[str]:
-  """Prefixes of the Keras-native loop's checkpoints in `directory`, oldest first."""
-  found = glob.glob(os.path.join(directory, "*" + array_checkpoint.SUFFIX))
-  return sorted((p[:-len(array_checkpoint.SUFFIX)] for p in found), key=_step_of)
 
 
 def _sha256(path: str) -> str:

@@ -153,13 +153,19 @@ def test_second_run_in_the_same_folder_is_refused_and_readers_wait(tmp_path):
                            stderr=subprocess.DEVNULL)
   try:
     assert _wait_for(lambda: (out / "checkpoints" / "checkpoint").exists(), first)
-    before = sorted(os.listdir(out))
+    # The running first process may still create tensorboard/ (its writer's files appear at
+    # the first flush); what the second run would write first is flags/config/data_info.
+    listing = lambda: sorted(set(os.listdir(out)) - {"tensorboard"})
+    run_files = ("flags.txt", "config.json", "data_info.json")
+    before = listing()
+    stamps = {name: os.stat(out / name).st_mtime_ns for name in run_files}
     second = subprocess.run(cli(out, epochs=40), cwd=REPO, env=ENV, capture_output=True,
                             text=True, timeout=120)
     assert second.returncode != 0
     assert f"PID {first.pid} on host" in second.stderr, second.stderr[-2000:]
     assert "Traceback" not in second.stderr
-    assert sorted(os.listdir(out)) == before
+    assert listing() == before
+    assert {name: os.stat(out / name).st_mtime_ns for name in run_files} == stamps
     with pytest.raises(run_dir.RunFolderError, match="--allow_running"):
       evaluate.evaluate_path(str(out))
     results = evaluate.evaluate_path(str(out), allow_running=True)  # from the latest checkpoint
