@@ -7,6 +7,7 @@ through `Predictor` / `predict_dataset` (docs/method.md §10.1): the same image 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from typing import Callable, Optional
@@ -134,7 +135,13 @@ def _latest_checkpoint(run_dir: str) -> Optional[str]:
   from mixmo_tf import array_checkpoint
   directory = os.path.join(run_dir, "checkpoints")
   arrays = array_checkpoint.prefixes(directory)
-  return arrays[-1] if arrays else tf.train.latest_checkpoint(directory)
+  if arrays:
+    return arrays[-1]
+  # A running TF loop may be replacing its state file this instant (seen as a parse error):
+  # then the newest index file (written after its data) names the newest checkpoint.
+  indexed = sorted((p[:-len(".index")] for p in glob.glob(os.path.join(directory, "*.index"))),
+                   key=array_checkpoint.step_of)
+  return tf.train.latest_checkpoint(directory) or (indexed[-1] if indexed else None)
 
 
 def model_from_checkpoint(run_dir: str, config: dict, info, checkpoint: Optional[str] = None):

@@ -84,6 +84,15 @@ def given_batch_steps(network, arrays, steps=2):
           for w in network.weights]
 
 
+def write_given_batch_steps(model_path, batch_path, out_path):
+  """`given_batch_steps` from a saved model and batch (another backend's process), to a file."""
+  import keras
+  with np.load(batch_path) as saved:
+    arrays = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+  network = keras.models.load_model(model_path, safe_mode=True)
+  np.savez(out_path, *given_batch_steps(network, arrays))
+
+
 def max_weight_difference(a, b):
   """Largest |a - b| over every weight (BN moving statistics included), matched in order."""
   assert len(a.weights) == len(b.weights)
@@ -302,10 +311,8 @@ def _jax_main(out: pathlib.Path):
   logits = single.network.predict([x, x], verbose=0)
   assert logits.shape == (len(x), 2, CLASSES) and np.all(np.isfinite(logits))
   print("OK fit: finite loss, predict", flush=True)
-  with np.load(out / "step_batch.npz") as saved:
-    arrays = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-  network = keras.models.load_model(out / "step_model.keras", safe_mode=True)
-  np.savez(out / "jax_step_weights.npz", *given_batch_steps(network, arrays))
+  write_given_batch_steps(out / "step_model.keras", out / "step_batch.npz",
+                          out / "jax_step_weights.npz")
   print("OK given-batch steps written", flush=True)
   (out / "jax_report.json").write_text(json.dumps(dict(
       data_parallel_max_difference=difference, single_loss=single_loss,

@@ -28,7 +28,7 @@ import pytest
 
 import test_backends
 from test_keras_trainer import (CLASSES, SEED, SIZE, UNIQUE, given_batch_steps, learnable_data,
-                                tiny_network, tiny_spec)
+                                tiny_network, tiny_spec, write_given_batch_steps)
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                 reason="PyTorch is not installed (KERAS_BACKEND=torch checks)")
@@ -263,10 +263,8 @@ def _torch_main(out: pathlib.Path):
                           for key, got in zip(("plain", "folded"), parent_logits))
   assert parent_difference <= TOLERANCE, parent_difference
   print("OK saved models load with the same member logits", flush=True)
-  with np.load(out / "step_batch.npz") as saved:
-    arrays = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-  network = keras.models.load_model(out / "parent.keras", safe_mode=True)
-  np.savez(out / "torch_step_weights.npz", *given_batch_steps(network, arrays))
+  write_given_batch_steps(out / "parent.keras", out / "step_batch.npz",
+                          out / "torch_step_weights.npz")
   print("OK given-batch steps written", flush=True)
   (out / "torch_report.json").write_text(json.dumps(dict(
       losses=losses, moved=moved, parent_difference=parent_difference)))
