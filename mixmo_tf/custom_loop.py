@@ -234,9 +234,11 @@ class Trainer:
       if (epoch + 1) % c.eval_frequency == 0 or last:
         entry.update(self._log_evaluation(epoch, step))
       history.append(entry)
+      # History first: a resume keeps the entries up to its checkpoint's step, so a kill between
+      # the two writes loses nothing (the other order lost the epoch's entry).
+      self.run_dir.save_history(history)
       if (epoch + 1) % c.checkpoint_frequency == 0 or last:
         self.run_dir.save(self.manager, step)
-      self.run_dir.save_history(history)
       epoch += 1
       if not running:
         break

@@ -28,7 +28,7 @@ from mixmo_tf.run_dir import RunDir, log_resumed
 EVAL_BATCH_SIZE = 500
 
 
-def unsupported(config: Config, backend: str) -> List[str]:
+def unsupported(config: Config) -> List[str]:
   """The flags this loop cannot honour (TensorFlow-only features), each with the reason."""
   problems = []
   if config.strategy != "mirrored":
@@ -47,7 +47,7 @@ def unsupported(config: Config, backend: str) -> List[str]:
 
 def check_supported(config: Config, backend: str) -> None:
   """ValueError naming the backend and every TensorFlow-only flag asked for."""
-  problems = unsupported(config, backend)
+  problems = unsupported(config)
   if problems:
     raise ValueError(f"KERAS_BACKEND={backend} trains with the Keras-native loop, which does not "
                      f"support: {'; '.join(problems)}. Run with KERAS_BACKEND=tensorflow for "
@@ -152,9 +152,9 @@ class RunFolderCallback(keras.callbacks.Callback):
       entry.update({k: results[k] for k in run_common.HISTORY_KEYS if k in results})
       logs.update({f"test_{k}": results[k] for k in run_common.SUMMARY_KEYS})  # TensorBoard.
     self.history.append(entry)
+    run.folder.save_history(self.history)  # Before the checkpoint, as in the TensorFlow loop.
     if (epoch + 1) % c.checkpoint_frequency == 0 or last:
       run.save_checkpoint(self.step)
-    run.folder.save_history(self.history)
 
 
 class KerasRun:

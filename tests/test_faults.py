@@ -254,3 +254,30 @@ def test_random_sigkills_lose_nothing(tmp_path):
   assert [h["epoch"] for h in history] == [1, 2, 3, 4]
   assert tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"] is not None
   assert not glob.glob(str(out / "**" / "*.tmp*"), recursive=True)
+
+
+@pytest.mark.parametrize("loop", ["custom", "keras"])
+def test_crash_right_after_a_checkpoint_keeps_every_history_entry(tmp_path, monkeypatch, loop):
+  """A crash just after epoch 2's checkpoint write (the moment a SIGKILL once hit in the loop
+  test above): the rerun finds the run complete and history.json still has both epochs. With
+  the checkpoint written before the history, epoch 2's entry was lost."""
+  from mixmo_tf import keras_loop
+  run = custom_loop.run if loop == "custom" else keras_loop.run
+  name = "save" if loop == "custom" else "save_arrays"
+  original = getattr(run_dir.RunDir, name)
+
+  def save_then_crash(self, *args):
+    path = original(self, *args)
+    if str(path).endswith("-32"):  # Epoch 2 of 2 (256 examples, 16 unique per step).
+      raise KeyboardInterrupt("crash right after the checkpoint")
+    return path
+
+  monkeypatch.setattr(run_dir.RunDir, name, save_then_crash)
+  config = tiny_config(tmp_path, **SMALL)
+  with pytest.raises(KeyboardInterrupt):
+    run(config)
+  monkeypatch.setattr(run_dir.RunDir, name, original)
+  results = run(config)
+  assert results["global_step"] == 32
+  history = json.loads((tmp_path / "history.json").read_text())
+  assert [(h["epoch"], h["step"]) for h in history] == [(1, 16), (2, 32)]
