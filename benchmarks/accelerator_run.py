@@ -226,7 +226,7 @@ def subset_members(tar, train_subset: int, test_subset: int):
   the layout differs or a class would be left empty (then the whole archive is unpacked, and
   `load_data` subsets it or names the problem).
   """
-  from mixmo_tf.image_folder import IMAGE_EXTENSIONS, subset_indices
+  from mixmo_tf.data.images import IMAGE_EXTENSIONS, subset_indices
   files = {}
   for member in tar.getmembers():
     parts = _member_name(member.name).split("/")
@@ -316,9 +316,9 @@ def find_dataset_root(data: str, workdir: str, train_subset: int = 0, test_subse
 
 def load_data(root: str, train_subset: int, test_subset: int):
   """(train images, train labels, test images, test labels, DataInfo) decoded with Pillow."""
-  from mixmo_tf.arrays import CIFAR_MEAN, CIFAR_STD  # TensorFlow-free, as mixmo_tf.data uses.
-  from mixmo_tf.data_info import DataInfo
-  from mixmo_tf.image_folder import decode_images, list_image_folder, probe_size, subset_indices
+  from mixmo_tf.data.datasets import CIFAR_MEAN, CIFAR_STD  # TensorFlow-free, as mixmo_tf.data uses.
+  from mixmo_tf.data.info import DataInfo
+  from mixmo_tf.data.images import decode_images, list_image_folder, probe_size, subset_indices
   train_paths, train_labels, classes = list_image_folder(root, "train")
   test_paths, test_labels, test_classes = list_image_folder(root, "test")
   if classes != test_classes:
@@ -510,7 +510,7 @@ def compressed_schedule(paper, total_steps: int, num_train: int) -> dict:
   the LR by 0.1 from epochs 101, 201 and 226 of 300 (1/3, 2/3, 3/4 of training); here they land on
   the same fractions of `total_steps`, in steps (milestones are 1-based steps k >= m).
   """
-  from mixmo_tf import schedules
+  from mixmo_tf.core import schedules
   paper_steps = paper.epochs * (num_train // paper.unique_batch_size)
   paper_warmup = schedules.warmup_steps(num_train, paper.batch_size, paper.batch_repetitions,
                                         paper.lr_warmup_epochs)

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from mixmo_tf import data as data_lib  # noqa: E402
-from mixmo_tf import step as step_lib  # noqa: E402
+from mixmo_tf.core import step as step_lib  # noqa: E402
 from mixmo_tf.config import Config  # noqa: E402
 
 UNIQUE, MEMBERS, REPS = 32, 2, 2

@@ -2,9 +2,10 @@
 
 Library code receives a `Config`. The training entry points (`mixmo_tf.train`,
 `baselines.ensemble`) define one flag per field with `define_flags()` and build the Config with
-`config_from_flags()`; `evaluate` and `export` read a run's saved `config.json` instead.
-`Config.validate()` rejects bad values before any data is read, naming the flag and the allowed
-values.
+`config_from_flags()`; `evaluate` and `export` read a run's saved `config.json` instead
+(`run_folder.RunFolder.read_config`). `Config.validate()` rejects bad values before any data is
+read, naming the flag and the allowed values; what the backend cannot run is refused next, by
+`training.engines.resolve`.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ import json
 import os
 from typing import Tuple
 
-from mixmo_tf import mixing
-from mixmo_tf.model_args import MODELS, model_argument_errors
+from mixmo_tf.core import mixing, seeds
+from mixmo_tf.core.optimizers import OPTIMIZERS
+from mixmo_tf.data.datasets import DATASETS
+from mixmo_tf.models import MODELS
+from mixmo_tf.models.arguments import model_argument_errors
+from mixmo_tf.runtime import PRECISIONS
 
-DATASETS = ("digits", "folder", "cifar10", "cifar100", "tiny_imagenet")
 MSDA = ("none", "mixup", "cutmix")
 ENSEMBLE = ("logits", "probs")
-STRATEGIES = ("mirrored", "multi_worker", "tpu")
-from mixmo_tf.runtime import PRECISIONS  # noqa: E402  (auto, float32, mixed_*)
+ENGINES = ("auto", "custom", "keras")
+# auto; tf.distribute strategies (--engine=custom); keras.distribution settings (--engine=keras).
+STRATEGIES = ("auto", "mirrored", "multi_worker", "tpu", "data_parallel", "one_device")
 CORRUPTIONS = ("none", "cifar10_c", "cifar100_c")
-OPTIMIZERS = ("pytorch", "keras")
 
 # Resuming an output_dir with other values of these flags is an error: the first fix the network
 # and the data it was built for, the second map a step to an epoch, a data order, random draws
@@ -84,7 +88,8 @@ class Config:
   output_dir: str = ""
   overwrite: bool = False
   # Scale.
-  strategy: str = "mirrored"
+  engine: str = "auto"  # custom (tf.distribute) on TensorFlow, keras elsewhere; resolved per run.
+  strategy: str = "auto"
   jit_compile: bool = False
   precision: str = "auto"  # Resolved per machine at the start of a run (config.json keeps it).
   sync_batch_norm: bool = True  # BN statistics over the global batch when there are replicas.
@@ -106,14 +111,16 @@ class Config:
         raise ValueError(f"--{name}={getattr(self, name)!r} is not valid; allowed: "
                          f"{', '.join(allowed)}.")
 
+    seeds.check_seed(self.seed)
     choice("dataset", DATASETS)
-    choice("model", MODELS)
+    choice("model", tuple(MODELS))
     for name, _, expected in model_argument_errors(self.model, self.depth, self.width,
                                                    self.num_members)[:1]:
       raise ValueError(f"--{name}={getattr(self, name)!r} is not valid; expected {expected}.")
     choice("mixing", mixing.mixing_methods())
     choice("msda", MSDA)
     choice("ensemble", ENSEMBLE)
+    choice("engine", ENGINES)
     choice("strategy", STRATEGIES)
     choice("precision", PRECISIONS)
     choice("corruptions", CORRUPTIONS)
@@ -125,6 +132,9 @@ class Config:
     if self.corruptions == "cifar100_c" and not os.path.isdir(self.corruptions_dir):
       raise ValueError(f"--corruptions_dir={self.corruptions_dir!r} is not an existing directory "
                        "(needed by --corruptions=cifar100_c: the released CIFAR-100-C .npy files).")
+    if self.corruptions == "none" and self.corruptions_dir:
+      raise ValueError(f"--corruptions_dir={self.corruptions_dir!r} is given but --corruptions="
+                       "none; name the set (cifar10_c or cifar100_c) or drop the directory.")
 
     def check(ok, name, allowed):
       if not ok:
@@ -248,7 +258,8 @@ def define_flags(flag_values=None):
                   "probs (mean of member probabilities).",
       "corruptions": "At the end, also evaluate on corrupted test sets (docs/method.md §10.4): none, "
                      "cifar10_c (TFDS cifar10_corrupted) or cifar100_c (released .npy files).",
-      "corruptions_dir": "CIFAR-100-C .npy folder, or the TFDS data_dir for cifar10_c.",
+      "corruptions_dir": "The released CIFAR-10-C / CIFAR-100-C .npy folder (any backend), or "
+                         "for cifar10_c the TFDS data_dir of cifar10_corrupted.",
       "ood": "Out-of-distribution sets scored against the test set at the end (AUROC, AUPR, "
              "FPR@95): TFDS names (cifar10, cifar100, svhn_cropped) or folder:PATH.",
       "ood_data_dir": "TFDS data_dir of the --ood sets (default: --data_dir).",
@@ -258,8 +269,12 @@ def define_flags(flag_values=None):
       "log_every_steps": "Progress line and train summaries every N steps.",
       "output_dir": "Run directory: flags, checkpoints, TensorBoard, results, exported model.",
       "overwrite": "Delete an existing run in output_dir instead of resuming it.",
-      "strategy": "tf.distribute strategy: mirrored (visible devices), multi_worker (TF_CONFIG) "
-                  "or tpu.",
+      "engine": "Training engine: custom (a tf.distribute custom loop, TensorFlow backend), keras "
+                "(MixMoTrainer.fit, any backend) or auto (custom on TensorFlow, else keras).",
+      "strategy": "Devices: auto (mirrored for the custom engine; data_parallel on JAX, else "
+                  "one_device, for the keras engine); tf.distribute mirrored (visible devices), "
+                  "multi_worker (TF_CONFIG) or tpu (custom engine); keras.distribution "
+                  "data_parallel (every local JAX device) or one_device (keras engine).",
       "jit_compile": "XLA-compile the forward and backward pass.",
       "precision": "auto (mixed_bfloat16 on GPU/TPU and on CPUs with native bf16 under oneDNN, "
                    "else float32), float32, mixed_float16 (with loss scaling) or mixed_bfloat16. "

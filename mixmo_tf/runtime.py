@@ -196,6 +196,19 @@ def onednn_source() -> str:
   return "set by you" if _State.onednn_set_by_user else "set by mixmo_tf"
 
 
+def tensorflow_importable(module: str = "tensorflow") -> bool:
+  """Whether TensorFlow (and `module`, e.g. tensorflow_datasets) can be imported here, without
+  importing it: what the features that need TensorFlow check before refusing (any backend)."""
+  import importlib.util
+  for name in dict.fromkeys(("tensorflow", module)):
+    try:
+      if importlib.util.find_spec(name) is None:
+        return False
+    except (ImportError, ValueError):
+      return False
+  return True
+
+
 # ---------------------------------------------------------------------------------------------
 # Precision.
 

@@ -39,3 +39,31 @@ def assert_non_blank_png(path, size=(600, 400)):
     pixels = np.asarray(image.convert("RGB"))
   assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10, path
   assert pixels.std() > 5, path
+
+
+NO_TENSORFLOW = str(__import__("pathlib").Path(__file__).resolve().parent / "scripts" /
+                    "no_tensorflow.py")
+
+
+def run_without_tensorflow(args, backend="jax", env=None, timeout=900, check=True, cwd=None):
+  """Runs `python tests/scripts/no_tensorflow.py ARGS` (TensorFlow, TFP and TFDS unimportable)
+  under KERAS_BACKEND=backend; returns stdout + stderr (AssertionError with both if it fails)."""
+  return run_python([NO_TENSORFLOW] + list(args), backend, env, timeout, check, cwd)
+
+
+def run_python(args, backend="tensorflow", env=None, timeout=900, check=True, cwd=None):
+  """Runs `python ARGS` from the repository root under KERAS_BACKEND=backend, CPU only, quiet;
+  returns stdout + stderr (AssertionError with both if it fails and `check`)."""
+  import os
+  import subprocess
+  import sys
+  root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+  full_env = dict(os.environ, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="",
+                  JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=root)
+  full_env.update(env or {})
+  result = subprocess.run([sys.executable] + list(args), capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=cwd or root)
+  out = result.stdout + result.stderr
+  if check:
+    assert result.returncode == 0, out[-6000:]
+  return out

@@ -121,7 +121,7 @@ def test_smoke_run_on_jax_without_tensorflow(tmp_path):
 def test_subset_unpacking_picks_the_listing_s_subset(cifar10_folder, tmp_path):
   """Unpacking only --train_subset / --test_subset images yields exactly the files (and order)
   that list_image_folder + subset_indices pick from the whole unpacked archive."""
-  from mixmo_tf.image_folder import list_image_folder, subset_indices
+  from mixmo_tf.data.images import list_image_folder, subset_indices
   script = _load_script()
   root, only_subsets = script.find_dataset_root(str(SHARED_DATA), str(tmp_path), 300, 70)
   assert only_subsets and pathlib.Path(root) == tmp_path / "unpacked-train300-test70" / "cifar10"
@@ -170,7 +170,7 @@ def test_compressed_schedule_keeps_the_paper_s_shape():
   """At the paper's length the compressed schedule is the paper's (warmup 1,564 steps, decays
   from epochs 101, 201, 226); shorter, the same fractions; the step-wise LR follows it."""
   script = _load_script()
-  from mixmo_tf import schedules
+  from mixmo_tf.core import schedules
   paper = script.paper_config(script.CUTMIXMO_FLAGS)
   assert (paper.num_members, paper.batch_repetitions, paper.batch_size, paper.depth,
           paper.width, paper.mixing) == (2, 2, 64, 28, 10, "cutmix")

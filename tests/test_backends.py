@@ -57,7 +57,7 @@ def test_rng_seeds_and_small_concentrations():
   import pytest
   from scipy import stats
 
-  from mixmo_tf import rng
+  from mixmo_tf.core import rng
   np.testing.assert_array_equal(np.asarray(rng.as_seed(5)).astype(np.int64), [5, 0])
   np.testing.assert_array_equal(np.asarray(rng.as_seed(2**32 + 3)).astype(np.int64), [3, 1])
   with pytest.raises(ValueError, match=r"\(3,\)"):

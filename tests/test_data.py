@@ -1,14 +1,14 @@
 """Datasets, augmentation and batch repetition (docs/method.md §6, 9)."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from mixmo_tf import data as data_lib
-from mixmo_tf import step as step_lib
+from mixmo_tf.core import augment, seeds
+from mixmo_tf.core import step as step_lib
+from mixmo_tf.data import datasets
+from mixmo_tf.data.batches import EpochBatches
 from tests.helpers import tiny_config
 
 
@@ -32,7 +32,7 @@ def test_input_repetition_shares_leading_slots():
 
 def test_random_crop_flip_is_a_shifted_window():
   images = tf.constant(np.random.default_rng(0).integers(0, 256, (64, 8, 8, 3)), tf.uint8)
-  out = data_lib.random_crop_flip(images, tf.constant([0, 1]), padding=2, flip=True).numpy()
+  out = augment.random_crop_flip(images, tf.constant([0, 1]), padding=2, flip=True).numpy()
   src = images.numpy() / 255.0
   padded = np.pad(src, [(0, 0), (2, 2), (2, 2), (0, 0)])
   for i in range(64):
@@ -40,30 +40,44 @@ def test_random_crop_flip_is_a_shifted_window():
                if np.allclose((padded[i, dy:dy + 8, dx:dx + 8] if not f else
                                padded[i, dy:dy + 8, dx:dx + 8][:, ::-1]), out[i])]
     assert matches, i
-  same = data_lib.random_crop_flip(images, tf.constant([0, 1]), padding=2, flip=True)
+  same = augment.random_crop_flip(images, tf.constant([0, 1]), padding=2, flip=True)
   np.testing.assert_array_equal(out, same)
 
 
 def test_digits_split_is_fixed_and_disjoint(tmp_path):
-  train, test, info = data_lib.load(tiny_config(tmp_path))
+  train, test, info = datasets.load(tiny_config(tmp_path))
   assert (info.num_train, info.num_test, info.num_classes) == (1438, 359, 10)
-  x, y = next(iter(train.batch(2000)))
-  assert x.shape == (1438, 8, 8, 3) and x.dtype == tf.uint8
-  xt, _ = next(iter(test.batch(2000)))
-  train_set = {a.tobytes() for a in x.numpy()}
-  assert sum(a.tobytes() in train_set for a in xt.numpy()) < 10  # digits has a few duplicates
+  assert train.images.shape == (1438, 8, 8, 3) and train.images.dtype == np.uint8
+  train_set = {a.tobytes() for a in train.images}
+  assert sum(a.tobytes() in train_set for a in test.images) < 10  # digits has a few duplicates
 
 
-def test_epoch_order_is_seeded_and_resumable(tmp_path):
-  train, _, info = data_lib.load(tiny_config(tmp_path))
-  full = [y.numpy() for _, y in data_lib.train_batches(train, info, 16, 3, epoch=1)]
-  again = [y.numpy() for _, y in data_lib.train_batches(train, info, 16, 3, epoch=1)]
-  other = [y.numpy() for _, y in data_lib.train_batches(train, info, 16, 3, epoch=2)]
-  skipped = [y.numpy() for _, y in data_lib.train_batches(train, info, 16, 3, 1, skip_batches=5)]
-  np.testing.assert_array_equal(np.concatenate(full), np.concatenate(again))
-  assert not np.array_equal(np.concatenate(full), np.concatenate(other))
-  np.testing.assert_array_equal(np.concatenate(full[5:]), np.concatenate(skipped))
-  assert len(full) == 1438 // 16
+def test_epoch_order_is_one_keyed_permutation_for_every_position():
+  """Batch i of epoch e is a pure function of (seed, e, i): the same when read again, from a
+  resumed position or by another engine; other epochs and seeds order differently; partners come
+  from an independent stream (docs/method.md §6.1, §8)."""
+  examples = datasets.InMemory(np.zeros((100, 2, 2, 3), np.uint8), np.arange(100))
+  batches = EpochBatches(examples, 16, seed=3, partner_batch_size=40)
+  assert batches.num_batches == 6  # the incomplete last batch is dropped
+  epoch = [batches.batch(1, i)[0][1] for i in range(6)]
+  np.testing.assert_array_equal(np.concatenate(epoch),
+                                seeds.epoch_order(3, 1, 100)[:96])
+  assert len(set(np.concatenate(epoch))) == 96  # without replacement
+  resumed = [pair[1] for pair, _ in batches.span(1, 4, 2)]
+  np.testing.assert_array_equal(np.concatenate(resumed), np.concatenate(epoch[4:]))
+  other_epoch = np.concatenate([batches.batch(2, i)[0][1] for i in range(6)])
+  other_seed = EpochBatches(examples, 16, seed=4).batch(1, 0)[0][1]
+  assert not np.array_equal(other_epoch, np.concatenate(epoch))
+  assert not np.array_equal(other_seed, epoch[0])
+  partners = np.concatenate([batches.batch(1, i)[1][1] for i in range(6)])
+  assert len(partners) == 240  # 6 x 40 positions from consecutive permutations of the 100
+  for block in (partners[:100], partners[100:200]):
+    np.testing.assert_array_equal(np.sort(block), np.arange(100))
+  assert not np.array_equal(partners[:96], np.concatenate(epoch))
+  with pytest.raises(IndexError):
+    batches.batch(0, 6)
+  with pytest.raises(ValueError, match="seed"):
+    EpochBatches(examples, 16, seed=-1)
 
 
 def _write_tree(root, classes, per_class=3, size=8, mode="RGB"):
@@ -79,17 +93,17 @@ def _write_tree(root, classes, per_class=3, size=8, mode="RGB"):
 
 def test_folder_dataset_labels_by_sorted_class(tmp_path):
   _write_tree(tmp_path, ["zebra", "ant", "moth"])
-  train, test, info = data_lib.load(tiny_config(tmp_path, dataset="folder", data_dir=str(tmp_path)))
+  train, test, info = datasets.load(tiny_config(tmp_path, dataset="folder",
+                                                data_dir=str(tmp_path)))
   assert info.class_names == ("ant", "moth", "zebra")
   assert info.image_shape == (8, 8, 3) and info.num_train == 9
-  x, y = next(iter(train.batch(100)))
-  np.testing.assert_array_equal(y.numpy(), [0, 0, 0, 1, 1, 1, 2, 2, 2])
+  np.testing.assert_array_equal(train.labels, [0, 0, 0, 1, 1, 1, 2, 2, 2])
   expected = np.asarray(Image.open(tmp_path / "train" / "ant" / "0.png"))
-  np.testing.assert_array_equal(x[0].numpy(), expected)
+  np.testing.assert_array_equal(train.images[0], expected)
 
 
 def test_resized_info_scales_crop_padding_and_keeps_none():
-  from mixmo_tf.data_info import DataInfo
+  from mixmo_tf.data.info import DataInfo
   info = DataInfo("x", 10, (32, 32, 3), 1, 1, (0.5,) * 3, (0.5,) * 3, 4, True)
   assert info.resized(64).crop_padding == 8 and info.resized(64).image_shape == (64, 64, 3)
   assert info.resized(8).crop_padding == 1  # never rounded down to no crop
@@ -98,36 +112,29 @@ def test_resized_info_scales_crop_padding_and_keeps_none():
 
 
 def test_train_subset_is_the_same_fixed_sample_for_every_loader(tmp_path):
-  from mixmo_tf.image_folder import subset_indices
+  from mixmo_tf.data.images import subset_indices
   keep = subset_indices(1438, 100)
   assert len(keep) == 100 and np.all(np.diff(keep) > 0)
   np.testing.assert_array_equal(keep, subset_indices(1438, 100))
-  full, _, _ = data_lib.load(tiny_config(tmp_path))
-  sub, _, info = data_lib.load(tiny_config(tmp_path, train_subset=100))
-  x_full = np.stack([x for x, _ in full.as_numpy_iterator()])
-  x_sub = np.stack([x for x, _ in sub.as_numpy_iterator()])
+  full, _, _ = datasets.load(tiny_config(tmp_path))
+  sub, _, info = datasets.load(tiny_config(tmp_path, train_subset=100))
   assert info.num_train == 100
-  np.testing.assert_array_equal(x_sub, x_full[keep])
-  # tf.data sources (TFDS) take the same indices through subset_dataset.
-  ds, sub_info = data_lib.subset_dataset(full, dataclasses.replace(info, num_train=1438), 100)
-  np.testing.assert_array_equal(np.stack([x for x, _ in ds.as_numpy_iterator()]), x_full[keep])
-  assert sub_info.num_train == 100
+  np.testing.assert_array_equal(sub.images, full.images[keep])
 
 
 def test_pillow_and_tensorflow_decoders_give_the_same_pixels(cifar10_folder):
-  """The Keras loop decodes folders with pillow (`decode_images`), the TensorFlow pipeline with
-  tf.io (`decode_folder`): on the shared CIFAR-10 JPEGs both give the same pixels, bit for bit.
+  """Folders decode with pillow (`decode_images`) off TensorFlow and with tf.io
+  (`decode_images_tf`) on it: on the shared CIFAR-10 JPEGs both give the same pixels, bit for bit.
   TensorFlow's default DCT (INTEGER_FAST), which round one used, differs by a few levels on most
-  images: the reason `decode_folder` asks for the accurate one."""
-  from mixmo_tf.image_folder import decode_folder, decode_images, list_image_folder
-  paths, labels, _ = list_image_folder(str(cifar10_folder), "test")
-  paths, labels = paths[::50], labels[::50]  # 200 images, 20 of each class.
+  images: the reason `decode_images_tf` asks for the accurate one."""
+  from mixmo_tf.data.images import decode_images, list_image_folder
+  from mixmo_tf.data.tf_images import decode_images_tf
+  paths, _, _ = list_image_folder(str(cifar10_folder), "test")
+  paths = paths[::50]  # 200 images, 20 of each class.
   ours = decode_images(paths, 32)
-  theirs, got_labels = zip(*decode_folder(paths, labels, 32).as_numpy_iterator())
   fast = np.stack([tf.io.decode_image(tf.io.read_file(p), channels=3).numpy() for p in paths])
   assert ours.shape == (200, 32, 32, 3) and ours.dtype == np.uint8
-  np.testing.assert_array_equal(ours, np.stack(theirs))
-  assert list(got_labels) == labels
+  np.testing.assert_array_equal(ours, decode_images_tf(paths, 32))
   gap = np.abs(ours.astype(int) - fast)
   assert 0 < gap.max() <= 8 and (gap > 0).mean() > 0.1  # The default really is another decoder.
 
@@ -135,7 +142,7 @@ def test_pillow_and_tensorflow_decoders_give_the_same_pixels(cifar10_folder):
 def test_pillow_decoder_converts_modes_resizes_and_names_a_bad_file(tmp_path):
   from PIL import Image
 
-  from mixmo_tf.image_folder import decode_images
+  from mixmo_tf.data.images import decode_images
   gray = np.arange(64, dtype=np.uint8).reshape(8, 8)
   rgba = np.dstack([np.full((8, 8), v, np.uint8) for v in (10, 20, 30, 40)])
   Image.fromarray(gray, "L").save(tmp_path / "gray.png")

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from mixmo_tf import array_checkpoint, keras_loop, run_dir
-from mixmo_tf.run_lock import RunFolderError
+from mixmo_tf.run_folder import RunFolderError
 from tests.helpers import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -37,7 +37,7 @@ def tiny_network(init_seed=0):
 
 
 def tiny_spec(network, l2=5e-3):
-  from mixmo_tf import step as step_lib
+  from mixmo_tf.core import step as step_lib
   return step_lib.StepSpec(
       num_members=2, batch_repetitions=REPS, input_repetition_probability=0.0, mixing="cutmix",
       alpha=2.0, weight_root=3.0, msda="none", msda_alpha=1.0, msda_probability=0.5,
@@ -60,7 +60,8 @@ def learnable_data(count, seed=0):
 def given_batch_trainer(network):
   """A MixMoTrainer whose training forward takes a member batch sampled elsewhere, so that two
   backends step on the same inputs, masks, targets and kappa (their random streams differ)."""
-  from mixmo_tf import keras_trainer, optimizers
+  from mixmo_tf.core import optimizers
+  from mixmo_tf.training import trainer as keras_trainer
 
   class GivenBatch(keras_trainer.MixMoTrainer):
 
@@ -111,8 +112,9 @@ def test_keras_step_equals_the_custom_loop_step_on_tensorflow():
   import keras
   import tensorflow as tf
 
-  from mixmo_tf import keras_trainer, optimizers, schedules
-  from mixmo_tf import step as step_lib
+  from mixmo_tf.core import optimizers, schedules
+  from mixmo_tf.training import trainer as keras_trainer
+  from mixmo_tf.core import step as step_lib
   assert keras.backend.backend() == "tensorflow"
   net_keras, net_loop = tiny_network(), tiny_network(1)
   initial = net_keras.get_weights()
@@ -149,7 +151,8 @@ def test_keras_step_equals_the_custom_loop_step_on_tensorflow():
 def test_fit_with_standard_callbacks_learns_and_predicts(tmp_path):
   import keras
 
-  from mixmo_tf import keras_trainer, optimizers
+  from mixmo_tf.core import optimizers
+  from mixmo_tf.training import trainer as keras_trainer
   network = tiny_network()
   trainer = keras_trainer.MixMoTrainer(network, tiny_spec(network, l2=3e-4), seed=SEED,
                                        steps_per_epoch=12, epochs=2)
@@ -173,7 +176,7 @@ def test_fit_with_standard_callbacks_learns_and_predicts(tmp_path):
 def test_train_batches_order_and_bad_arguments():
   import pytest
 
-  from mixmo_tf import keras_trainer
+  from mixmo_tf.training import trainer as keras_trainer
   images, labels = learnable_data(20)
   batches = keras_trainer.train_arrays_dataset(images, labels, 6, seed=3, partner_batch_size=8)
   assert len(batches) == 3
@@ -209,7 +212,7 @@ def test_train_batches_order_and_bad_arguments():
 def test_jax_fit_and_data_parallel_step_without_tensorflow(tmp_path):
   """JAX without TensorFlow: fit, DataParallel on 2 host devices equal to 1 device, and two steps
   from the same initial weights on the same sampled member batch equal to TensorFlow's."""
-  from mixmo_tf import step as step_lib
+  from mixmo_tf.core import step as step_lib
   network = tiny_network()
   network.save(tmp_path / "step_model.keras")
   images, labels = learnable_data(UNIQUE, seed=3)
@@ -260,7 +263,8 @@ def _jax_main(out: pathlib.Path):
   import keras
 
   import mixmo_tf  # The package itself must load without TensorFlow.
-  from mixmo_tf import keras_trainer, optimizers
+  from mixmo_tf.core import optimizers
+  from mixmo_tf.training import trainer as keras_trainer
   assert keras.backend.backend() == "jax" and mixmo_tf.__version__, keras.backend.backend()
   loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
   assert not loaded, loaded

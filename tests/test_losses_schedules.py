@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mixmo_tf.losses import mixmo_loss, mixmo_weights, soft_cross_entropy
-from mixmo_tf.schedules import WarmupPiecewiseSchedule, patch_probability
+from mixmo_tf.core.losses import mixmo_loss, mixmo_weights, soft_cross_entropy
+from mixmo_tf.core.schedules import WarmupPiecewiseSchedule, patch_probability
 
 
 @pytest.mark.parametrize("kappa,expected", [(0.1, (0.6493, 1.3507)), (0.25, (0.8189, 1.1811)),

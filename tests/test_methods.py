@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mixmo_tf import mixing, msda, rng, sample_masks
-from mixmo_tf.losses import mixmo_loss
+from mixmo_tf import sample_masks
+from mixmo_tf.core import mixing, msda, rng
+from mixmo_tf.core.losses import mixmo_loss
 
 TABLE2 = ("hconcat", "vconcat", "patchup", "fmix", "cowmask", "cutmix")
 

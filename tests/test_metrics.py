@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mixmo_tf import metrics
+from mixmo_tf.evaluation import metrics
 from mixmo_tf.evaluate import markdown_table
 
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 from scipy import stats
 
 from mixmo_tf import MixingLayer, sample_masks
-from mixmo_tf.mixing import cutmix_box
+from mixmo_tf.core.mixing import cutmix_box
 from tests.reference import is_rectangle, reference_cutmix_kappa
 
 

@@ -149,7 +149,7 @@ def _stage_jax(out):
   assert keras.backend.backend() == "jax", keras.backend.backend()
   try:
     from mixmo_tf.models import build_model  # noqa: F401  (registers the serializable classes)
-    from mixmo_tf.models.common import FusedBatchNorm
+    from mixmo_tf.models.layers import FusedBatchNorm
   except ImportError as error:
     if error.name is None or error.name.split(".")[0] not in BLOCKED:
       raise
@@ -290,7 +290,7 @@ def test_portable_batch_norm_path_matches_the_fused_kernel():
   if keras.backend.backend() != "tensorflow":
     pytest.skip(f"needs the TensorFlow backend for the fused kernel, not {keras.backend.backend()}")
   import tensorflow as tf
-  from mixmo_tf.models.common import FusedBatchNorm
+  from mixmo_tf.models.layers import FusedBatchNorm
   rng = np.random.default_rng(6)
   x = tf.constant(rng.normal(1.0, 2.0, (6, 3, 3, 4)), tf.float32)
   weights = tf.constant(rng.normal(size=(6, 3, 3, 4)), tf.float32)

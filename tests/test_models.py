@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from mixmo_tf import build_model, mixmo_loss, sample_masks
-from mixmo_tf.models import common
-from mixmo_tf.models.common import (BN_EPSILON, BN_MOMENTUM, FusedBatchNorm,
+from mixmo_tf.models import layers as common
+from mixmo_tf.models.layers import (BN_EPSILON, BN_MOMENTUM, FusedBatchNorm,
                                      set_batch_norm_sync)
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from mixmo_tf import ood
-from mixmo_tf import plots
+from mixmo_tf.evaluation import ood
+from mixmo_tf.evaluation import plots
 from tests.helpers import assert_non_blank_png
 
 

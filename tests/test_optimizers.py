@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mixmo_tf.optimizers import OPTIMIZERS, PyTorchSGD, make_optimizer
+from mixmo_tf.core.optimizers import OPTIMIZERS, PyTorchSGD, make_optimizer
 
 L2 = 0.05
 MOMENTUM = 0.9

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from mixmo_tf import corruptions
-from mixmo_tf import plots
+from mixmo_tf.evaluation import plots
 from mixmo_tf.models import build_model
 from tests.helpers import assert_non_blank_png
 

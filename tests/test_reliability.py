@@ -14,7 +14,7 @@ from PIL import Image
 
 from mixmo_tf import data as data_lib
 from mixmo_tf import custom_loop, export, mixmo_weights, sample_masks, train
-from mixmo_tf.mixing import mixing_methods
+from mixmo_tf.core.mixing import mixing_methods
 from tests.helpers import tiny_config
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mixmo_tf import augmix as augmix_lib
-from mixmo_tf import step as step_lib
+from mixmo_tf.core import tf_augmix as augmix_lib
+from mixmo_tf.core import step as step_lib
 
 UNIQUE, REPS, SIZE = 8, 2, 8
 

@@ -5,6 +5,7 @@ import pathlib
 import re
 
 from tests.conftest import REPO
+from tests.helpers import run_without_tensorflow
 
 PACKAGE = REPO / "mixmo_tf"
 
@@ -71,18 +72,39 @@ def test_find_cycle_detects_a_planted_cycle():
   assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_no_import_cycles_in_the_package():
+COMMANDS = {"mixmo_tf.train", "mixmo_tf.evaluate", "mixmo_tf.tables", "mixmo_tf.export"}
+
+
+def test_no_import_cycles_and_no_library_module_imports_a_command():
   graph, packages = import_graph()
-  assert "mixmo_tf.step" in graph["mixmo_tf.custom_loop"]  # the walk sees real imports
+  assert "mixmo_tf.core.step" in graph["mixmo_tf.training.tf_engine"]  # real imports are seen
   assert find_cycle(graph, skip=packages) is None
+  for module, targets in graph.items():
+    if module not in COMMANDS:
+      assert not targets & COMMANDS, (module, targets & COMMANDS)
 
 
-def test_module_and_trainer_sizes():
+def test_module_and_class_sizes():
   for path in PACKAGE.rglob("*.py"):
     assert len(path.read_text().splitlines()) <= 450, path
-  tree = ast.parse((PACKAGE / "custom_loop.py").read_text())
-  trainer = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
-  assert trainer.end_lineno - trainer.lineno + 1 < 200
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ClassDef):
+        assert node.end_lineno - node.lineno + 1 < 200, (path, node.name)
+
+
+def test_only_modules_named_tf_need_tensorflow():
+  """Every module whose name does not start with `tf` imports under JAX with TensorFlow, TFP and
+  TFDS unimportable (the commands included); the `tf*` ones are the only ones that need it."""
+  names = sorted(m for m in import_graph()[0]
+                 if not m.rsplit(".", 1)[-1].startswith("tf"))
+  tf_named = sorted(m for m in import_graph()[0] if m.rsplit(".", 1)[-1].startswith("tf"))
+  assert {"mixmo_tf.training.tf_engine", "mixmo_tf.data.tfds"} <= set(tf_named)
+  code = ("import importlib\n"
+          f"for name in {names!r}:\n"
+          "  importlib.import_module(name)\n"
+          "import sys; print('IMPORTED', len([m for m in sys.modules if m.startswith('mixmo_tf')]))")
+  out = run_without_tensorflow(["-c", code], backend="jax")
+  assert "IMPORTED" in out and "TENSORFLOW_MODULES 0" in out, out
 
 
 def test_citations_point_inside_the_repository():

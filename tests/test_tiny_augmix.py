@@ -8,9 +8,17 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from mixmo_tf import augmix as augmix_lib
-from mixmo_tf.data import DataInfo
-from mixmo_tf.tiny_imagenet import list_tiny_imagenet, load_tiny_imagenet
+from mixmo_tf.core import tf_augmix as augmix_lib
+from mixmo_tf.data import datasets
+from mixmo_tf.data.info import DataInfo
+from mixmo_tf.data.tiny_imagenet import list_tiny_imagenet
+from tests.helpers import tiny_config
+
+
+def load_tiny_imagenet(data_dir, train_subset=0):
+  """The run's dataset for --dataset=tiny_imagenet --data_dir=data_dir."""
+  return datasets.load(tiny_config(data_dir, dataset="tiny_imagenet", data_dir=data_dir,
+                                   train_subset=train_subset))
 
 # ---------------------------------------------------------------------------------------------
 # Tiny ImageNet: a synthetic stand-in in the released tiny-imagenet-200 layout.
@@ -66,8 +74,8 @@ def test_tiny_imagenet_loads_both_splits_with_sorted_wnid_labels(tiny_dir):
   assert (info.mean, info.std) == ((0.5,) * 3, (0.5,) * 3)
   assert info.crop_padding == 4 and info.flip
   assert (info.num_train, info.num_test) == (7, 5)
-  train_items = list(train.as_numpy_iterator())
-  test_items = list(test.as_numpy_iterator())
+  train_items = list(zip(train.images, train.labels))
+  test_items = list(zip(test.images, test.labels))
   assert (len(train_items), len(test_items)) == (7, 5)
   for image, label in train_items + test_items:
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
@@ -76,7 +84,6 @@ def test_tiny_imagenet_loads_both_splits_with_sorted_wnid_labels(tiny_dir):
   expected_test = [SORTED_WNIDS.index(w) for w in VAL_WNIDS]
   assert [int(y) for _, y in test_items] == expected_test  # annotation-file order
   assert sorted(int(y) for _, y in train_items) == [0, 0, 0, 1, 1, 2, 2]
-  assert train.element_spec[0].shape == (64, 64, 3)
 
 
 def test_tiny_imagenet_grayscale_jpeg_becomes_rgb(tiny_dir):
@@ -84,7 +91,8 @@ def test_tiny_imagenet_grayscale_jpeg_becomes_rgb(tiny_dir):
   gray_path = str(tiny_dir / "train" / GRAY_FILE[0] / "images" / GRAY_FILE[1])
   assert Image.open(gray_path).mode == "L"
   train, _, _ = load_tiny_imagenet(str(tiny_dir))
-  image, label = list(train.as_numpy_iterator())[train_paths.index(gray_path)]
+  image, label = train.images[train_paths.index(gray_path)], train.labels[
+      train_paths.index(gray_path)]
   assert image.shape == (64, 64, 3)
   np.testing.assert_array_equal(image[..., 0], image[..., 1])
   np.testing.assert_array_equal(image[..., 0], image[..., 2])
@@ -95,10 +103,9 @@ def test_tiny_imagenet_train_subset_is_fixed(tiny_dir):
   first, _, info = load_tiny_imagenet(str(tiny_dir), train_subset=4)
   second, _, _ = load_tiny_imagenet(str(tiny_dir), train_subset=4)
   assert info.num_train == 4 and info.num_test == 5
-  a, b = list(first.as_numpy_iterator()), list(second.as_numpy_iterator())
-  assert len(a) == 4
-  assert [int(y) for _, y in a] == [int(y) for _, y in b]
-  assert [int(y) for _, y in a] == sorted(int(y) for _, y in a)  # indices kept in sorted order
+  assert len(first.labels) == 4
+  np.testing.assert_array_equal(first.images, second.images)
+  assert list(first.labels) == sorted(first.labels)  # indices kept in sorted order
 
 
 def test_tiny_imagenet_missing_annotation_file(tiny_dir):

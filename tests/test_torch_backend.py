@@ -71,7 +71,7 @@ def test_torch_fit_and_models_saved_across_backends(tmp_path):
   import keras
 
   import mixmo_tf.models  # noqa: F401  (registers the serializable classes)
-  from mixmo_tf import step as step_lib
+  from mixmo_tf.core import step as step_lib
   from test_model_backends import _perturb
   network = tiny_network()
   gen = np.random.default_rng(4)
@@ -124,7 +124,7 @@ def _check_rng():
   """All 64 seed bits count (a CPU torch.Generator keeps 32), then test_backends' rng checks."""
   import keras
 
-  from mixmo_tf import rng
+  from mixmo_tf.core import rng
   draw = lambda seed: keras.ops.convert_to_numpy(rng.uniform([8], seed))
   np.testing.assert_array_equal(draw([3, 4]), draw(np.array([3, 4], np.int32)))
   for a, b in ((9902, 242356), ([5, 0], [5, 1]), ([5, 0], [5 + 2**31, 0])):
@@ -136,7 +136,7 @@ def _check_batch_norm():
   """Training forward: batch statistics normalise; moving stats momentum 0.9, unbiased variance."""
   import keras
 
-  from mixmo_tf.models.common import FusedBatchNorm
+  from mixmo_tf.models.layers import FusedBatchNorm
   x = np.random.default_rng(6).normal(1.0, 2.0, (6, 3, 3, 4)).astype(np.float32)
   layer = FusedBatchNorm(synchronized=False)
   layer.build(x.shape)
@@ -160,7 +160,7 @@ def _check_sgd():
   import keras
   import torch
 
-  from mixmo_tf.optimizers import PyTorchSGD
+  from mixmo_tf.core.optimizers import PyTorchSGD
   gen = np.random.default_rng(2)
   init = [gen.normal(size=(3,)).astype(np.float32), gen.normal(size=(2, 2)).astype(np.float32)]
   grads = [[gen.normal(size=w.shape).astype(np.float32) for w in init] for _ in range(4)]
@@ -186,8 +186,8 @@ def _check_msda():
   """member_batch with CutMix / Mixup partners: inputs per member, soft targets summing to 1."""
   import keras
 
-  from mixmo_tf import rng
-  from mixmo_tf import step as step_lib
+  from mixmo_tf.core import rng
+  from mixmo_tf.core import step as step_lib
   network = tiny_network()
   images, labels = learnable_data(4 * UNIQUE)
   for method in ("cutmix", "mixup"):
@@ -205,7 +205,8 @@ def _fit(initial, steps):
   """A trainer on the tiny network from `initial`, fitted for `steps` steps; (trainer, losses)."""
   import keras
 
-  from mixmo_tf import keras_trainer, optimizers, schedules
+  from mixmo_tf.core import optimizers, schedules
+  from mixmo_tf.training import trainer as keras_trainer
   network = tiny_network(1)
   network.set_weights(initial)
   trainer = keras_trainer.MixMoTrainer(network, tiny_spec(network), seed=SEED,

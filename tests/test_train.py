@@ -211,8 +211,8 @@ def test_warmup_and_epoch_lengths_match_the_official_counts():
   """The official configs' warmup: 782 / 1564 / 3128 steps for b = 1 / 2 / 4 on CIFAR (N = 50,000,
   B = 64), and 781 / 1562 / 3125 steps per epoch (docs/method.md §6.6, §7.1)."""
   from mixmo_tf import data as data_lib
-  from mixmo_tf import schedules
-  from mixmo_tf.data_info import DataInfo
+  from mixmo_tf.core import schedules
+  from mixmo_tf.data.info import DataInfo
   info = DataInfo("cifar10", 10, (32, 32, 3), 50000, 10000, (0.5,) * 3, (0.5,) * 3, 4, True)
   for b, warmup, epoch in ((1, 782, 781), (2, 1564, 1562), (4, 3128, 3125)):
     assert schedules.warmup_steps(50000, 64, b) == warmup

@@ -1,6 +1,12 @@
-"""Model registry: `build_model(name, ...)`, and `build_from_config` for a run's network."""
+"""The networks: WideResNet and PreActResNet-18 with M stems and heads, and the one registry.
 
-from mixmo_tf.models.common import DenseMultihead, MixMoModel
+`MODELS` maps each `--model` name to its class; `build_model(name, ...)` builds one and
+`build_from_config(config, info)` builds the network a run trains (training, evaluation from
+checkpoints and export agree on it).
+"""
+
+from mixmo_tf.models.layers import DenseMultihead, FusedBatchNorm
+from mixmo_tf.models.network import MixMoModel
 from mixmo_tf.models.preact_resnet import PreActResNet18
 from mixmo_tf.models.wide_resnet import WideResNet
 
@@ -26,3 +32,7 @@ def model_kwargs(config, info) -> dict:
 def build_from_config(config, info) -> MixMoModel:
   """The network a run trains (training, evaluation from checkpoints and export agree on it)."""
   return build_model(config.model, **model_kwargs(config, info))
+
+
+__all__ = ["MODELS", "DenseMultihead", "FusedBatchNorm", "MixMoModel", "PreActResNet18",
+           "WideResNet", "build_model", "build_from_config", "model_kwargs"]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import keras
 
-from mixmo_tf.model_args import check_model_arguments
-from mixmo_tf.models.common import MixMoModel, batch_norm, conv
+from mixmo_tf.models.arguments import check_model_arguments
+from mixmo_tf.models.layers import batch_norm, conv
+from mixmo_tf.models.network import MixMoModel
 
 
 def _strided_conv(filters, kernel_size, strides, name):

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import keras
 
-from mixmo_tf.model_args import check_model_arguments
-from mixmo_tf.models.common import MixMoModel, batch_norm, conv, he_truncated_normal
+from mixmo_tf.models.arguments import check_model_arguments
+from mixmo_tf.models.layers import batch_norm, conv, he_truncated_normal
+from mixmo_tf.models.network import MixMoModel
 
 
 def apply_wide_block(x, filters, strides, name):

@@ -26,8 +26,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from mixmo_tf import sample_masks  # noqa: E402
-from mixmo_tf import step as step_lib  # noqa: E402
-from mixmo_tf.models.common import FusedBatchNorm, set_batch_norm_sync  # noqa: E402
+from mixmo_tf.core import step as step_lib  # noqa: E402
+from mixmo_tf.models.layers import FusedBatchNorm, set_batch_norm_sync  # noqa: E402
 from mixmo_tf.custom_loop import build_trainer  # noqa: E402
 from tests.helpers import tiny_config  # noqa: E402
 

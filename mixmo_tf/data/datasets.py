@@ -1,0 +1,173 @@
+"""The datasets of a run as NumPy examples, on every backend: `load(config) -> Dataset`.
+
+Every dataset becomes uint8 images and int32 labels: the embedded digits, class-folder trees and
+the released Tiny ImageNet folder are decoded once into memory (tf.io where TensorFlow is the
+backend, pillow elsewhere: the same pixels); CIFAR-10/100 are read from TensorFlow Datasets, which
+needs TensorFlow importable (any backend). Training order, repetition and augmentation happen
+later, from the run's seed (`data.batches`, `core.step`), identically on both engines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, NamedTuple, Sequence, Tuple
+
+import numpy as np
+
+from mixmo_tf import runtime
+from mixmo_tf.data.images import decode_images, list_image_folder, probe_size, resize
+from mixmo_tf.data.images import subset_indices
+from mixmo_tf.data.info import DataInfo
+
+# The official CIFAR normalisation, used for CIFAR-10 and CIFAR-100 (docs/method.md §9).
+CIFAR_MEAN = (0.49137, 0.48235, 0.44667)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+TFDS_DATASETS = ("cifar10", "cifar100")  # Read through TensorFlow Datasets (TensorFlow needed).
+DATASETS = ("digits", "folder", "tiny_imagenet") + TFDS_DATASETS
+
+
+class DatasetUnavailableError(ValueError):
+  """A TFDS dataset is not prepared under the data_dir and could not be downloaded there."""
+
+
+def tfds_importable() -> bool:
+  """Whether TensorFlow Datasets (and so TensorFlow) can be imported in this process."""
+  return runtime.tensorflow_importable("tensorflow_datasets")
+
+
+class InMemory:
+  """Examples held in memory: uint8 images [N, H, W, 3] and int32 labels [N]."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray):
+    self.images = np.asarray(images)
+    self.labels = np.asarray(labels).astype(np.int32)
+    if self.images.ndim != 4 or len(self.images) != len(self.labels):
+      raise ValueError(f"images must be [N, H, W, C] with one label each, got images of shape "
+                       f"{self.images.shape} and {len(self.labels)} labels.")
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def take(self, indices) -> Tuple[np.ndarray, np.ndarray]:
+    """(images, labels) at `indices`."""
+    return self.images[indices], self.labels[indices]
+
+  def batches(self, batch_size: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """(images, labels) in order, every example once (the last batch may be smaller)."""
+    for start in range(0, len(self), batch_size):
+      yield self.images[start:start + batch_size], self.labels[start:start + batch_size]
+
+
+class Dataset(NamedTuple):
+  """A run's data: the training and test examples, and what the rest needs to know of them."""
+  train: InMemory
+  test: InMemory
+  info: DataInfo
+
+
+def decode(paths: Sequence[str], image_size: int) -> np.ndarray:
+  """Image files -> uint8 [N, S, S, 3]: tf.io on the TensorFlow backend (2x faster), else pillow."""
+  import keras
+  if keras.backend.backend() == "tensorflow":
+    from mixmo_tf.data.tf_images import decode_images_tf
+    return decode_images_tf(paths, image_size)
+  return decode_images(paths, image_size)
+
+
+def load(config) -> Dataset:
+  """The run's Dataset: `config.train_subset` keeps the same fixed random training subset for
+  every dataset (`images.subset_indices`), `config.image_size` resizes both splits."""
+  loaders = {"digits": _digits, "folder": _folder, "tiny_imagenet": _tiny_imagenet,
+             "cifar10": _tfds, "cifar100": _tfds}
+  if config.dataset not in loaders:
+    raise ValueError(f"--dataset={config.dataset!r} is not valid; expected one of "
+                     f"{', '.join(loaders)}.")
+  data = loaders[config.dataset](config)
+  size = config.image_size
+  if size and data.info.image_shape[:2] != (size, size):
+    data = Dataset(InMemory(resize(data.train.images, size), data.train.labels),
+                   InMemory(resize(data.test.images, size), data.test.labels),
+                   data.info.resized(size))
+  return data
+
+
+def _subset(images, labels, info: DataInfo, subset: int):
+  keep = subset_indices(len(labels), subset)
+  return InMemory(images[keep], labels[keep]), dataclasses.replace(info, num_train=len(keep))
+
+
+def digits_dataset(train_subset: int = 0) -> Dataset:
+  """scikit-learn's 1,797 real 8x8 handwritten digits (embedded, no network), as RGB uint8.
+
+  Fixed stratified split: 20% of each class (a seed-0 permutation) is the test set; the mean and
+  std are those of the training images.
+  """
+  from sklearn.datasets import load_digits
+  digits = load_digits()
+  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
+  images = np.repeat(images[..., None], 3, axis=-1)
+  labels = digits.target.astype(np.int32)
+  rng = np.random.RandomState(0)
+  test_mask = np.zeros(len(labels), bool)
+  for c in range(10):
+    idx = rng.permutation(np.flatnonzero(labels == c))
+    test_mask[idx[:int(round(0.2 * len(idx)))]] = True
+  keep = subset_indices(int((~test_mask).sum()), train_subset)
+  train_x, train_y = images[~test_mask][keep], labels[~test_mask][keep]
+  mean = tuple(float(m) for m in (train_x / 255.0).mean(axis=(0, 1, 2)))
+  std = tuple(float(s) for s in (train_x / 255.0).std(axis=(0, 1, 2)))
+  info = DataInfo("digits", 10, (8, 8, 3), len(train_y), int(test_mask.sum()), mean, std,
+                  crop_padding=1, flip=False, class_names=tuple(str(i) for i in range(10)))
+  return Dataset(InMemory(train_x, train_y), InMemory(images[test_mask], labels[test_mask]), info)
+
+
+def _digits(config) -> Dataset:
+  return digits_dataset(config.train_subset)
+
+
+def folder_listing(root: str, train_subset: int = 0, image_size: int = 0):
+  """`root/train/<class>/*` and `root/test/<class>/*` listed (class index = sorted folder name):
+  (train_paths, train_labels, test_paths, test_labels, info). ValueError naming what is wrong
+  (missing split, differing classes, an unreadable first image)."""
+  train_paths, train_labels, classes = list_image_folder(root, "train")
+  test_paths, test_labels, test_classes = list_image_folder(root, "test")
+  if classes != test_classes:
+    only_train = sorted(set(classes) - set(test_classes))
+    only_test = sorted(set(test_classes) - set(classes))
+    raise ValueError(f"Folder dataset {root!r}: train and test classes differ "
+                     f"(only in train: {only_train}; only in test: {only_test}).")
+  keep = subset_indices(len(train_paths), train_subset)
+  train_paths = [train_paths[i] for i in keep]
+  train_labels = np.asarray(train_labels, np.int32)[keep]
+  size = image_size or probe_size(train_paths[0])
+  info = DataInfo("folder", len(classes), (size, size, 3), len(train_paths), len(test_paths),
+                  CIFAR_MEAN, CIFAR_STD, crop_padding=4 * size // 32, flip=True,
+                  class_names=tuple(classes))
+  return train_paths, train_labels, test_paths, np.asarray(test_labels, np.int32), info
+
+
+def _folder(config) -> Dataset:
+  train_paths, train_labels, test_paths, test_labels, info = folder_listing(
+      config.data_dir, config.train_subset, config.image_size)
+  size = info.image_shape[0]
+  return Dataset(InMemory(decode(train_paths, size), train_labels),
+                 InMemory(decode(test_paths, size), test_labels), info)
+
+
+def _tiny_imagenet(config) -> Dataset:
+  from mixmo_tf.data import tiny_imagenet
+  train_paths, train_labels, test_paths, test_labels, info = tiny_imagenet.listing(
+      config.data_dir, config.train_subset)
+  size = info.image_shape[0]
+  return Dataset(InMemory(decode(train_paths, size), train_labels),
+                 InMemory(decode(test_paths, size), test_labels), info)
+
+
+def _tfds(config) -> Dataset:
+  from mixmo_tf.data import tfds  # Prepared once under --data_dir, never re-downloaded.
+  train_x, train_y, num_classes = tfds.load_split(config.dataset, "train", config.data_dir)
+  test_x, test_y, _ = tfds.load_split(config.dataset, "test", config.data_dir)
+  info = DataInfo(config.dataset, num_classes, (32, 32, 3), len(train_y), len(test_y),
+                  CIFAR_MEAN, CIFAR_STD, crop_padding=4, flip=True)
+  train, info = _subset(train_x, train_y, info, config.train_subset)
+  return Dataset(train, InMemory(test_x, test_y), info)
