@@ -18,13 +18,14 @@ _runtime.configure_tensorflow_env()  # Before anything imports TensorFlow.
 with _runtime.quiet_tensorflow_import():
   from mixmo_tf.core.losses import mixmo_loss, mixmo_weights, soft_cross_entropy
   from mixmo_tf.core.mixing import MixingLayer, mixing_methods, sample_kappa, sample_masks
-  from mixmo_tf.models import DenseMultihead, MixMoModel, PreActResNet18, WideResNet, build_model
+  from mixmo_tf.models import (BackboneMixMo, DenseMultihead, MixMoModel, PreActResNet18,
+                               WideResNet, build_model, from_backbone)
   from mixmo_tf.training.trainer import MixMoTrainer, train_arrays_dataset, trainer_from_config
 
 if _runtime.onednn_setting_came_too_late():
   _runtime.log_environment_once()  # A warning now, in library use too; CLIs log it anyway.
 
-__all__ = ["DenseMultihead", "MixMoModel", "MixMoTrainer", "MixingLayer", "PreActResNet18",
+__all__ = ["BackboneMixMo", "from_backbone", "DenseMultihead", "MixMoModel", "MixMoTrainer", "MixingLayer", "PreActResNet18",
            "WideResNet", "build_model", "mixing_methods", "mixmo_loss", "mixmo_weights",
            "sample_kappa", "sample_masks", "soft_cross_entropy", "train_arrays_dataset",
            "trainer_from_config", "__version__"]

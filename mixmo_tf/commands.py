@@ -56,7 +56,9 @@ def run(module) -> None:
 def call(module, argv: List[str]) -> int:
   """Runs `module.main` in-process as `python -m module argv...` would; returns the exit status
   (flag errors: 2, user errors: 1 with the message on stderr)."""
-  from absl import flags
+  from absl import flags, logging
+  logging.use_absl_handler()  # INFO lines to stderr, as app.run sets them up.
+  logging.set_verbosity(logging.INFO)
   flag_values = flags.FlagValues()
   module.define_flags(flag_values)
   try:

@@ -17,9 +17,10 @@ from typing import Tuple
 
 from mixmo_tf.core import mixing, seeds
 from mixmo_tf.core.optimizers import OPTIMIZERS
-from mixmo_tf.data.datasets import DATASETS
+from mixmo_tf.data.datasets import DATASETS, IN_MEMORY
 from mixmo_tf.models import MODELS
 from mixmo_tf.models.arguments import model_argument_errors
+from mixmo_tf.models.backbone import SOURCES, parse_source
 from mixmo_tf.runtime import PRECISIONS
 
 MSDA = ("none", "mixup", "cutmix")
@@ -28,6 +29,7 @@ ENGINES = ("auto", "custom", "keras")
 # auto; tf.distribute strategies (--engine=custom); keras.distribution settings (--engine=keras).
 STRATEGIES = ("auto", "mirrored", "multi_worker", "tpu", "data_parallel", "one_device")
 CORRUPTIONS = ("none", "cifar10_c", "cifar100_c")
+L2_SCOPES = ("all", "kernels")
 
 # Resuming an output_dir with other values of these flags is an error: the first fix the network
 # and the data it was built for, the second map a step to an epoch, a data order, random draws
@@ -45,6 +47,7 @@ class Config:
   data_dir: str = ""
   image_size: int = 0  # 0: the dataset's native size.
   train_subset: int = 0  # 0: all; N: a fixed random subset of N (seed 0), for quick runs.
+  data_in_memory: str = "auto"  # auto, true, false: decode image files once, or per batch.
   # Model.
   model: str = "wide_resnet"
   depth: int = 28
@@ -72,6 +75,7 @@ class Config:
   lr_decay_epochs: Tuple[int, ...] = (101, 201, 226)
   lr_decay_ratio: float = 0.1
   l2: float = 3e-4
+  l2_scope: str = "all"  # all trainable parameters (official MixMo) or kernels (UB's ImageNet).
   optimizer: str = "pytorch"  # SGD rule: pytorch (the official code's) or keras.
   seed: int = 1234
   max_steps: int = 0  # 0: run all epochs; N: stop after N steps (smoke tests).
@@ -113,7 +117,9 @@ class Config:
 
     seeds.check_seed(self.seed)
     choice("dataset", DATASETS)
-    choice("model", tuple(MODELS))
+    choice("data_in_memory", IN_MEMORY)
+    if not parse_source(self.model):  # <source>:<argument> wraps a backbone (models.backbone).
+      choice("model", tuple(MODELS) + tuple(f"{s}:<name or path>" for s in SOURCES))
     for name, _, expected in model_argument_errors(self.model, self.depth, self.width,
                                                    self.num_members)[:1]:
       raise ValueError(f"--{name}={getattr(self, name)!r} is not valid; expected {expected}.")
@@ -125,6 +131,7 @@ class Config:
     choice("precision", PRECISIONS)
     choice("corruptions", CORRUPTIONS)
     choice("optimizer", OPTIMIZERS)
+    choice("l2_scope", L2_SCOPES)
     for name in self.ood:
       if name.startswith("folder:") and not os.path.isdir(name[len("folder:"):]):
         raise ValueError(f"--ood={name!r}: {name[len('folder:'):]!r} is not an existing "
@@ -172,9 +179,10 @@ class Config:
     divisor = self.batch_repetitions * num_replicas
     if self.batch_size < divisor or self.batch_size % divisor:
       raise ValueError(
-          f"--batch_size={self.batch_size} is not valid; expected a multiple of "
-          f"batch_repetitions x replicas = {self.batch_repetitions} x {num_replicas} = {divisor}.")
-    if self.dataset in ("folder", "tiny_imagenet"):
+          f"--batch_size={self.batch_size} is not valid with --batch_repetitions="
+          f"{self.batch_repetitions}; expected a multiple of batch_repetitions x replicas = "
+          f"{self.batch_repetitions} x {num_replicas} = {divisor}.")
+    if self.dataset in ("folder", "tiny_imagenet", "imagenet"):
       if not self.data_dir:
         raise ValueError(f"--data_dir is required with --dataset={self.dataset}.")
       if not os.path.isdir(self.data_dir):
@@ -188,13 +196,33 @@ class Config:
 
   @classmethod
   def from_dict(cls, values: dict) -> "Config":
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in values.items() if k in fields}
-    if "lr_decay_epochs" in values:
-      values["lr_decay_epochs"] = tuple(int(e) for e in values["lr_decay_epochs"])
-    if "ood" in values:
-      values["ood"] = tuple(str(e) for e in values["ood"])
-    return cls(**values)
+    """A Config from saved values (config.json): unknown keys ignored, missing ones default;
+    ValueError naming the first value of the wrong type."""
+    defaults = cls()
+    checked = {}
+    for field in dataclasses.fields(cls):
+      if field.name not in values:
+        continue
+      value, default = values[field.name], getattr(defaults, field.name)
+      if isinstance(default, tuple) and isinstance(value, (list, tuple)):
+        cast = int if field.name == "lr_decay_epochs" else str
+        try:
+          value = tuple(cast(v) for v in value)
+        except (TypeError, ValueError):
+          value = None
+      elif isinstance(default, bool):
+        value = value if isinstance(value, bool) else None
+      elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            isinstance(default, float) or float(value).is_integer())
+        value = type(default)(value) if ok else None
+      elif not isinstance(value, type(default)):
+        value = None
+      if value is None:
+        raise ValueError(f"{field.name}={values[field.name]!r} is not a valid "
+                         f"{type(default).__name__} value.")
+      checked[field.name] = value
+    return cls(**checked)
 
   def as_flagfile(self) -> str:
     """The configuration as absl `--name=value` lines: rerunnable with --flagfile."""
@@ -219,13 +247,20 @@ def define_flags(flag_values=None):
   defaults = Config()
   helps = {
       "dataset": "Dataset: digits (embedded, offline), folder (class-folder images in "
-                 "--data_dir), cifar10 / cifar100 (TFDS), tiny_imagenet (released layout).",
+                 "--data_dir), cifar10 / cifar100 (TFDS), tiny_imagenet (released layout), "
+                 "imagenet (train/<wnid>/, val/<wnid>/ folders; ResNet preprocessing).",
       "data_dir": "TFDS data_dir, or the root of a folder / Tiny ImageNet dataset.",
       "image_size": "Resize images to this square size (0: the dataset's native size).",
       "train_subset": "Train on a fixed random subset of N training examples (0: all).",
-      "model": "Network: wide_resnet (CIFAR) or preact_resnet18 (64x64 inputs).",
-      "depth": "WRN depth, 6n + 4.",
-      "width": "WRN / PreActResNet width multiplier.",
+      "data_in_memory": "Image files: true decodes them once into memory, false decodes each "
+                        "batch when it is read (datasets larger than memory), auto streams when "
+                        "the decoded training set would exceed a quarter of the RAM.",
+      "model": "Network: wide_resnet (CIFAR), preact_resnet18 (64x64 inputs), or any backbone "
+               "wrapped into M stems and heads: keras_applications:<name> (e.g. "
+               "MobileNetV3Small, random weights), keras_hub:<preset folder> or "
+               "file:<backbone.keras>.",
+      "depth": "WRN depth, 6n + 4 (built-in networks only; a wrapped backbone is what it is).",
+      "width": "WRN / PreActResNet width multiplier (built-in networks only).",
       "num_members": "M, the number of inputs, stems and heads (1: vanilla network).",
       "mixing": "Mixing block: linear (Linear-MixMo), mimo (kappa = 1/M), cutmix (Cut-MixMo) "
                 "or another registered mask shape.",
@@ -249,7 +284,10 @@ def define_flags(flag_values=None):
       "lr_warmup_epochs": "Linear warmup length, in epochs of steps.",
       "lr_decay_epochs": "1-based epochs from which the LR is multiplied by lr_decay_ratio.",
       "lr_decay_ratio": "Multiplicative LR decay at each milestone.",
-      "l2": "Coefficient of sum(theta^2) over all trainable parameters, added to the loss.",
+      "l2": "Coefficient of sum(theta^2) over the --l2_scope parameters, added to the loss.",
+      "l2_scope": "Parameters under the L2 term: all (every trainable parameter, BN included: "
+                  "the official MixMo code) or kernels (convolution and dense kernels and "
+                  "biases only: uncertainty-baselines' ImageNet recipe).",
       "optimizer": "SGD momentum rule: pytorch (v <- mu v + g, the official code's; default) or "
                    "keras (LR inside the velocity; differs after every LR change).",
       "seed": "Root of every random stream (init, data order, augmentation, masks).",

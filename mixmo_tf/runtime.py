@@ -1,4 +1,4 @@
-"""TensorFlow-free platform set-up: oneDNN and log-level defaults, CPU detection, precision choice.
+"""Platform set-up: oneDNN and log-level defaults, CPU detection, precision choice.
 
 TensorFlow reads TF_ENABLE_ONEDNN_OPTS and TF_CPP_MIN_LOG_LEVEL once, when it is first imported.
 `mixmo_tf/__init__.py` therefore calls `configure_tensorflow_env()` before anything imports
@@ -8,7 +8,8 @@ own scripts, import mixmo_tf before tensorflow or keras, or export the variables
     import mixmo_tf          # first: turns oneDNN on unless TF_ENABLE_ONEDNN_OPTS is set
     import tensorflow as tf
 
-Importing this module never imports TensorFlow.
+This module itself imports neither TensorFlow nor Keras: the package's `__init__` runs it before
+Keras (and so TensorFlow) loads.
 
 Defaults, each applied only when the variable is unset or empty (a value of yours always wins):
   TF_ENABLE_ONEDNN_OPTS=1: TensorFlow's oneDNN kernels, which TF 2.21 enables by itself only on
@@ -84,7 +85,7 @@ def configure_tensorflow_env() -> None:
   if _State.configured:
     return
   _State.configured = True
-  _State.tensorflow_imported_first = "tensorflow" in sys.modules
+  _State.tensorflow_imported_first = sys.modules.get("tensorflow") is not None
   _State.onednn_value = _env_value(ONEDNN_VAR)
   _State.onednn_set_by_user = _State.onednn_value is not None
   _State.log_level_set_by_user = _env_value(LOG_LEVEL_VAR) is not None
@@ -255,7 +256,7 @@ def precision_reason(requested: str, backend: str = "tensorflow",
 
 
 def environment() -> Dict[str, object]:
-  """The settings this process runs with, for logs and benchmark JSON (TensorFlow-free)."""
+  """The settings this process runs with, for logs and benchmark JSON."""
   return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "native_bf16": has_native_bf16(),
           "onednn": onednn_enabled(), "onednn_source": onednn_source(),
           "tf_enable_onednn_opts": _onednn_value_seen_by_tensorflow(),
@@ -335,7 +336,7 @@ def quiet_tensorflow_import(probe_devices: bool = True) -> Iterator[None]:
   `tf.config.set_visible_devices` / memory growth stay allowed after it).
   """
   if (not _State.configured or _State.log_level_set_by_user
-      or "tensorflow" in sys.modules):
+      or sys.modules.get("tensorflow") is not None):
     yield
     return
   try:

@@ -41,14 +41,22 @@ def assert_non_blank_png(path, size=(600, 400)):
   assert pixels.std() > 5, path
 
 
-NO_TENSORFLOW = str(__import__("pathlib").Path(__file__).resolve().parent / "scripts" /
-                    "no_tensorflow.py")
+WITHOUT_MODULES = str(__import__("pathlib").Path(__file__).resolve().parent / "scripts" /
+                      "without_modules.py")
+TENSORFLOW_MODULES = ("tensorflow", "tensorflow_probability", "tensorflow_datasets")
+
+
+def run_without_modules(modules, args, backend="tensorflow", env=None, timeout=900, check=True,
+                        cwd=None):
+  """Runs `python tests/scripts/without_modules.py ARGS` with `modules` unimportable; returns
+  stdout + stderr, which ends with `BLOCKED_MODULES_LOADED 0` when none was loaded."""
+  env = dict(env or {}, WITHOUT_MODULES=",".join(modules))
+  return run_python([WITHOUT_MODULES] + list(args), backend, env, timeout, check, cwd)
 
 
 def run_without_tensorflow(args, backend="jax", env=None, timeout=900, check=True, cwd=None):
-  """Runs `python tests/scripts/no_tensorflow.py ARGS` (TensorFlow, TFP and TFDS unimportable)
-  under KERAS_BACKEND=backend; returns stdout + stderr (AssertionError with both if it fails)."""
-  return run_python([NO_TENSORFLOW] + list(args), backend, env, timeout, check, cwd)
+  """`run_without_modules` with TensorFlow, TFP and TFDS unimportable (under JAX by default)."""
+  return run_without_modules(TENSORFLOW_MODULES, args, backend, env, timeout, check, cwd)
 
 
 def run_python(args, backend="tensorflow", env=None, timeout=900, check=True, cwd=None):
@@ -67,3 +75,31 @@ def run_python(args, backend="tensorflow", env=None, timeout=900, check=True, cw
   if check:
     assert result.returncode == 0, out[-6000:]
   return out
+
+
+def tf_engine_for(config, strategy=None):
+  """The tf.distribute engine of `config`, set up as `mixmo_tf.training.run` sets it up (flags
+  validated and resolved, precision settled, folder prepared and locked, seeded, data read), for
+  tests that drive steps themselves: (engine, data, folder). Release the folder when done."""
+  from mixmo_tf.training import engines, loop, tf_distribute, tf_engine
+  config = engines.resolve(config.validate(), "tensorflow")
+  strategy = strategy or tf_distribute.create_strategy(config.strategy, config.tpu)
+  config, folder, data, _ = loop.start_run(config, "tensorflow", strategy.num_replicas_in_sync)
+  try:
+    return tf_engine.TFDistributeEngine(config, data.info, strategy, folder), data, folder
+  except BaseException:
+    folder.release()
+    raise
+
+
+def train_steps(engine, data, num_steps, epoch=0, first_batch=0):
+  """Trains `num_steps` batches of the run's data order with `engine` (from batch `first_batch`
+  of the 0-based `epoch`); returns each step's (loss, accuracy) as floats."""
+  from mixmo_tf.data.batches import EpochBatches
+  c = engine.config
+  partners = c.batch_size * c.num_members if c.msda != "none" else 0
+  batches = EpochBatches(data.train, c.unique_batch_size, c.seed, partners)
+  reports = []
+  engine.train(batches, epoch, first_batch, num_steps,
+               lambda step, loss, accuracy: reports.append((float(loss), float(accuracy))))
+  return reports

@@ -1,9 +1,9 @@
 """benchmarks/accelerator_run.py: its --smoke run on JAX without TensorFlow, on the real CIFAR-10
 tarball, and its data, schedule and budget helpers.
 
-The smoke run is a subprocess with KERAS_BACKEND=jax and an import hook that makes tensorflow,
-tensorflow_probability and tensorflow_datasets look uninstalled, as on the accelerator image the
-script is for; it checks the JSON the script writes, not only its exit status.
+The smoke run is a subprocess with KERAS_BACKEND=jax and TensorFlow, TFP and TFDS unimportable, as
+on the accelerator image the script is for (`helpers.run_without_tensorflow`); it checks the JSON
+the script writes, not only its exit status.
 """
 
 import importlib.util
@@ -11,42 +11,18 @@ import json
 import math
 import os
 import pathlib
-import subprocess
-import sys
 import tarfile
 
 import pytest
 
 from conftest import SHARED_DATA
+from tests.helpers import run_without_tensorflow
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "accelerator_run.py"
-BLOCKED = ("tensorflow", "tensorflow_probability", "tensorflow_datasets")
-
-# Runs the script as __main__ behind a finder that refuses TensorFlow (ModuleNotFoundError, so
-# optional imports behave as where it is not installed); prints the modules of BLOCKED that got
-# loaded anyway and exits with the script's status.
-WRAPPER = f"""
-import importlib.abc, runpy, sys
-BLOCKED = {BLOCKED!r}
-
-class Refuse(importlib.abc.MetaPathFinder):
-  def find_spec(self, name, path=None, target=None):
-    if name.split(".")[0] in BLOCKED:
-      raise ModuleNotFoundError(f"No module named {{name!r}} (refused by the test)", name=name)
-    return None
-
-sys.meta_path.insert(0, Refuse())
-sys.argv = [{str(SCRIPT)!r}] + sys.argv[1:]
-try:
-  runpy.run_path(sys.argv[0], run_name="__main__")
-finally:
-  print("LOADED_BLOCKED=" + ",".join(sorted(m for m in sys.modules
-                                              if m.split(".")[0] in BLOCKED)), flush=True)
-"""
 
 
-def _load_script():
+def load_script():
   """The script as a module, without letting its KERAS_BACKEND default leak into this process."""
   saved = os.environ.get("KERAS_BACKEND")
   try:
@@ -61,7 +37,7 @@ def _load_script():
   return module
 
 
-def _finite(value):
+def finite(value):
   return isinstance(value, (int, float)) and math.isfinite(value)
 
 
@@ -70,17 +46,14 @@ def test_smoke_run_on_jax_without_tensorflow(tmp_path):
   if not SHARED_DATA.exists():
     pytest.skip(f"real CIFAR-10 archive not found at {SHARED_DATA}")
   out = tmp_path / "out"
-  env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
   # XLA's LLVM optimisation dominates the tiny network's compile (the script adds it in --smoke
   # too; set here so that the whole subprocess, imports included, sees it).
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-  result = subprocess.run(
-      [sys.executable, "-c", WRAPPER, "--smoke", f"--data={SHARED_DATA}",
-       f"--output_dir={out}", f"--workdir={tmp_path / 'work'}"],
-      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-  log = result.stdout + result.stderr[-5000:]
-  assert result.returncode == 0, log
-  assert "LOADED_BLOCKED=\n" in result.stdout, log
+  xla_flags = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+  log = run_without_tensorflow(
+      [str(SCRIPT), "--smoke", f"--data={SHARED_DATA}", f"--output_dir={out}",
+       f"--workdir={tmp_path / 'work'}"],
+      backend="jax", env={"XLA_FLAGS": xla_flags}, timeout=600, cwd=tmp_path)
+  assert "BLOCKED_MODULES_LOADED 0" in log, log[-6000:]
   report = json.loads((out / "accelerator_run.json").read_text())
   assert report["status"] == "done", report["status"]
 
@@ -94,10 +67,10 @@ def test_smoke_run_on_jax_without_tensorflow(tmp_path):
   for precision in ("float32", "mixed_bfloat16"):
     for variant, members, repetitions in (("vanilla", 1, 1), ("cutmixmo", 2, 2)):
       figures = report["throughput"][precision][variant]
-      assert figures["images_per_s"] > 0 and _finite(figures["images_per_s"]), figures
+      assert figures["images_per_s"] > 0 and finite(figures["images_per_s"]), figures
       assert figures["compile_s"] > 0 and figures["precision"] == precision, figures
       assert (figures["num_members"], figures["batch_repetitions"]) == (members, repetitions)
-      assert f"[throughput] {precision:<14} {variant:<8}" in result.stdout, log
+      assert f"[throughput] {precision:<14} {variant:<8}" in log, log[-6000:]
     assert report["throughput"][precision]["cutmixmo"]["eval_s"] > 0
 
   training = report["training"]
@@ -105,16 +78,16 @@ def test_smoke_run_on_jax_without_tensorflow(tmp_path):
   epochs = training["epochs"]
   assert 1 <= len(epochs) <= training["plan"]["epochs"] <= 2, training["plan"]
   for entry in epochs:
-    assert 0.0 <= entry["test_top1"] <= 1.0 and _finite(entry["test_nll"]), entry
-    assert entry["test_nll"] > 0 and _finite(entry["train_loss"]), entry
+    assert 0.0 <= entry["test_top1"] <= 1.0 and finite(entry["test_nll"]), entry
+    assert entry["test_nll"] > 0 and finite(entry["train_loss"]), entry
   steps_per_epoch = 256 // 8  # Batch 16 with b = 2: 8 unique images per step.
   assert epochs[-1]["steps"] == len(epochs) * steps_per_epoch or epochs[-1]["stopped_by_deadline"]
   assert training["schedule"]["total_steps"] == training["plan"]["epochs"] * steps_per_epoch
   final = training["final"]
-  assert 0.0 <= final["top1"] <= final["top5"] <= 1.0 and _finite(final["nll"]), final
+  assert 0.0 <= final["top1"] <= final["top5"] <= 1.0 and finite(final["nll"]), final
   assert final["top1"] == epochs[-1]["test_top1"] and "diversity_dre" in final, final
-  assert _finite(final["nll_c"]) and 0.0 <= final["top1_member_1"] <= 1.0, final
-  assert "[final] ensemble Top-1" in result.stdout, log
+  assert finite(final["nll_c"]) and 0.0 <= final["top1_member_1"] <= 1.0, final
+  assert "[final] ensemble Top-1" in log, log[-6000:]
   print(f"smoke run: {report['timeline']['total_s']:.1f} s in the script")
 
 
@@ -122,7 +95,7 @@ def test_subset_unpacking_picks_the_listing_s_subset(cifar10_folder, tmp_path):
   """Unpacking only --train_subset / --test_subset images yields exactly the files (and order)
   that list_image_folder + subset_indices pick from the whole unpacked archive."""
   from mixmo_tf.data.images import list_image_folder, subset_indices
-  script = _load_script()
+  script = load_script()
   root, only_subsets = script.find_dataset_root(str(SHARED_DATA), str(tmp_path), 300, 70)
   assert only_subsets and pathlib.Path(root) == tmp_path / "unpacked-train300-test70" / "cifar10"
   for split, subset in (("train", 300), ("test", 70)):
@@ -137,7 +110,7 @@ def test_subset_unpacking_picks_the_listing_s_subset(cifar10_folder, tmp_path):
 
 
 def test_data_argument_forms_and_errors(cifar10_folder, tmp_path, capsys):
-  script = _load_script()
+  script = load_script()
   folder = str(cifar10_folder)
   assert script.find_dataset_root(folder, str(tmp_path)) == (folder, False)
   assert script.find_dataset_root(str(cifar10_folder.parent), str(tmp_path)) == (
@@ -169,7 +142,7 @@ def test_data_argument_forms_and_errors(cifar10_folder, tmp_path, capsys):
 def test_compressed_schedule_keeps_the_paper_s_shape():
   """At the paper's length the compressed schedule is the paper's (warmup 1,564 steps, decays
   from epochs 101, 201, 226); shorter, the same fractions; the step-wise LR follows it."""
-  script = _load_script()
+  script = load_script()
   from mixmo_tf.core import schedules
   paper = script.paper_config(script.CUTMIXMO_FLAGS)
   assert (paper.num_members, paper.batch_repetitions, paper.batch_size, paper.depth,
@@ -191,7 +164,7 @@ def test_compressed_schedule_keeps_the_paper_s_shape():
 
 def test_epoch_plan_fits_the_budget():
   import time
-  script = _load_script()
+  script = load_script()
   args = script.parse_args(["--data=x", "--output_dir=y"])
   plan = script.plan_epochs(args, time.monotonic() + 400.0, step_s=0.05, steps_per_epoch=1000,
                             compile_s=30.0, eval_s=2.0, eval_first_s=10.0)
@@ -207,13 +180,13 @@ def test_epoch_plan_fits_the_budget():
 def test_deadline_callback_stops_fit_only_after_the_deadline():
   import time
   import types
-  script = _load_script()
+  script = load_script()
   model = types.SimpleNamespace(stop_training=False)
-  waiting = script._deadline_callback(time.monotonic() + 3600.0)
+  waiting = script.deadline_callback(time.monotonic() + 3600.0)
   waiting.set_model(model)
   waiting.on_train_batch_begin(0)
   assert not model.stop_training and not waiting.stopped
-  late = script._deadline_callback(time.monotonic() - 1.0)
+  late = script.deadline_callback(time.monotonic() - 1.0)
   late.set_model(model)
   late.on_train_batch_begin(5)
   assert model.stop_training and late.stopped

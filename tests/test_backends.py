@@ -1,25 +1,19 @@
 """The keras.ops sampling, augmentation, loss and schedule modules on JAX, without TensorFlow.
 
-One subprocess runs this file as a script with KERAS_BACKEND=jax and an import hook that refuses
-tensorflow, tensorflow_probability and tensorflow_datasets (and their submodules). It loads the
-seven modules without running `mixmo_tf/__init__.py` (a hand-made package object; the package's
-own import is not what is tested here), repeats the statistical and wiring checks of
-tests/test_mixing.py and tests/test_step.py under JAX, and prints one "OK <check>" line per check.
-Each backend has its own random streams (mixmo_tf/rng.py): the distributions are checked, not
-the numbers. The script runs under KERAS_BACKEND=torch too (eagerly, with `backend_checks`'s
-names): tests/test_torch_backend.py runs it there.
+`backend_checks_main` repeats the statistical and wiring checks of tests/test_mixing.py and
+tests/test_step.py on the current Keras backend and prints one "OK <check>" line per check. The
+JAX session of tests/conftest.py (`jax_session`: TensorFlow, TFP and TFDS unimportable) runs it
+under JAX; tests/test_torch_backend.py runs this file as a script under PyTorch. Each backend has
+its own random streams (`mixmo_tf.core.rng`): the distributions are checked, not the numbers.
 """
 
-import os
-import pathlib
-import subprocess
 import sys
 
-from reference import is_rectangle, reference_cutmix_kappa  # NumPy only, beside this file
+import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-BLOCKED = ("tensorflow", "tensorflow_probability", "tensorflow_datasets")
-CHECKS = ("no tensorflow import", "cutmix kappa follows the reference procedure",
+from tests.reference import is_rectangle, reference_cutmix_kappa  # NumPy only
+
+CHECKS = ("cutmix kappa follows the reference procedure",
           "linear kappa is Beta(2, 2)", "p = 0 linear, p = 1 binary",
           "role shuffle per batch and fair", "M = 3 patch one, interpolate others",
           "masks sum to 1, kappa = mask mean", "member_batch wiring", "w_r hand values",
@@ -27,28 +21,16 @@ CHECKS = ("no tensorflow import", "cutmix kappa follows the reference procedure"
 
 
 def backend_checks(backend: str) -> tuple:
-  """The "OK <check>" names the script prints under `backend` ("jax" or "torch")."""
+  """The "OK <check>" names `backend_checks_main` prints under `backend` ("jax" or "torch")."""
   if backend == "jax":
     return CHECKS
   return CHECKS[:-1] + (f"same seed, same masks under {backend}",)
 
 
-def run_script(backend: str, env: dict):
-  """Runs this file as the check script under `backend`; returns the CompletedProcess."""
-  env = dict(env, KERAS_BACKEND=backend)
-  return subprocess.run([sys.executable, __file__], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=600)
-
-
-def test_jax_backend_runs_the_same_functions_without_tensorflow():
-  # XLA's compile time dominates these tiny graphs: skip its LLVM optimisation (not numerics).
-  xla_flags = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags)
-  result = run_script("jax", env)
-  assert result.returncode == 0, result.stdout + result.stderr[-5000:]
-  lines = result.stdout.splitlines()
+def test_jax_backend_runs_the_same_functions_without_tensorflow(jax_session):
+  lines = jax_session.log.splitlines()
   for check in CHECKS:
-    assert f"OK {check}" in lines, (check, result.stdout)
+    assert f"OK {check}" in lines, (check, jax_session.log[-3000:])
 
 
 def test_rng_seeds_and_small_concentrations():
@@ -82,39 +64,7 @@ def test_rng_seeds_and_small_concentrations():
 
 
 # --------------------------------------------------------------------------------------------
-# The script (run in the subprocess only).
-
-
-def _refuse_tensorflow():
-  """Inserts, first on sys.meta_path, a finder that refuses TensorFlow and its companions."""
-  import importlib.abc
-  backend = os.environ.get("KERAS_BACKEND")
-
-  class Refuse(importlib.abc.MetaPathFinder):
-
-    def find_spec(self, name, path=None, target=None):
-      if name.split(".")[0] in BLOCKED:
-        raise ImportError(f"{name} must not be imported under KERAS_BACKEND={backend}")
-      return None
-
-  sys.meta_path.insert(0, Refuse())
-  if backend == "torch":
-    # torch._dynamo probes `importlib.util.find_spec("tensorflow")` when Keras imports it, and a
-    # raising finder breaks that probe. A None entry in sys.modules makes the probe answer None
-    # ("not installed") and any import raise ModuleNotFoundError.
-    sys.modules.update(dict.fromkeys(BLOCKED))
-
-
-def _load_modules():
-  """Imports the keras.ops modules under a bare `mixmo_tf` package (skips its __init__.py)."""
-  import importlib
-  import types
-  package = types.ModuleType("mixmo_tf")
-  package.__path__ = [str(REPO / "mixmo_tf")]
-  package.__file__ = str(REPO / "mixmo_tf" / "__init__.py")
-  sys.modules["mixmo_tf"] = package
-  names = ("rng", "mixing", "losses", "msda", "schedules", "step", "augment")
-  return [importlib.import_module(f"mixmo_tf.{name}") for name in names]
+# The checks (run under JAX in the JAX session, under PyTorch as a script).
 
 
 def _compiler(backend):
@@ -125,18 +75,13 @@ def _compiler(backend):
   return (lambda fn, static_argnums=(): fn), backend
 
 
-def _main():
-  _refuse_tensorflow()
+def backend_checks_main():
   import keras
-  import numpy as np
   from scipy import stats
-  rng, mixing, losses, _, _, step, _ = _load_modules()
+
+  from mixmo_tf.core import losses, mixing, rng, step
   backend = keras.backend.backend()
-  assert backend == os.environ.get("KERAS_BACKEND") and backend in ("jax", "torch"), backend
-  loaded = sorted(m for m, module in sys.modules.items()
-                  if m.split(".")[0] in BLOCKED and module is not None)
-  assert not loaded, loaded
-  print("OK no tensorflow import", flush=True)
+  assert backend in ("jax", "torch"), backend
 
   jit, jit_name = _compiler(backend)
   masks_fn = jit(mixing.sample_masks, static_argnums=(0, 1, 2, 3, 4))
@@ -254,4 +199,6 @@ def _main():
 
 
 if __name__ == "__main__":
-  _main()
+  import pathlib
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  backend_checks_main()

@@ -1,8 +1,10 @@
-"""Faults that must lose nothing (docs: mixmo_tf/run_dir.py): damaged checkpoints, two runs in one
-folder, a full disk, kills during final writes, and a loop of SIGKILLs at random moments."""
+"""Faults that must lose nothing (the run folder's contract: mixmo_tf/run_folder/folder.py): damaged
+checkpoints of both formats, two runs in one folder, a full disk, kills during final writes, a
+crash right after a checkpoint (both engines), and a loop of SIGKILLs at random moments."""
 
 import glob
 import json
+import logging
 import os
 import random
 import re
@@ -17,26 +19,51 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mixmo_tf import custom_loop, evaluate, run_dir, run_lock, train
+from mixmo_tf import build_model, commands, runtime, training
+from mixmo_tf import train as train_command
+from mixmo_tf.evaluation import runs
+from mixmo_tf.evaluation.predict import load_network
+from mixmo_tf.run_folder import RunFolder, RunFolderError, checkpoints
+from mixmo_tf.run_folder.lock import running_holder
+from mixmo_tf.training import keras_engine, tf_engine
 from tests.conftest import REPO
 from tests.helpers import tiny_config
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
-# A short digits run: 256 training examples, 16 steps per epoch, a checkpoint every epoch.
-SMALL = dict(train_subset=256, epochs=2, checkpoint_frequency=1, eval_frequency=100)
-CLI = ["--dataset=digits", "--depth=10", "--width=1", "--num_members=2", "--batch_size=32",
-       "--batch_repetitions=2", "--train_subset=256", "--lr_decay_epochs=3", "--seed=3",
-       "--precision=float32",
-       "--log_every_steps=1", "--checkpoint_frequency=1", "--eval_frequency=100"]
+# The runs in subprocesses use this process's oneDNN setting (whichever module imported
+# TensorFlow first), so that their weights can equal in-process runs' to 1e-5.
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO),
+           TF_ENABLE_ONEDNN_OPTS="1" if runtime.onednn_enabled() else "0")
+# A short digits run: 256 training examples, 16 steps per epoch, a checkpoint every epoch, the
+# progress line at every step (the SIGKILL loop watches it).
+SMALL = dict(train_subset=256, epochs=2, checkpoint_frequency=1, eval_frequency=100,
+             log_every_steps=1)
+STEPS_PER_EPOCH = 16
 
 
-def cli(out, epochs=4):
-  return [sys.executable, "-m", "mixmo_tf.train", *CLI, f"--epochs={epochs}",
-          f"--output_dir={out}"]
+def small_config(out, **overrides):
+  return tiny_config(out, **dict(SMALL, **overrides))
+
+
+@pytest.fixture(scope="module")
+def flagfile(tmp_path_factory):
+  """SMALL as a flagfile, so that the command runs exactly the configuration of the fixtures."""
+  path = tmp_path_factory.mktemp("flags") / "small.flags"
+  path.write_text(small_config("unused").as_flagfile())
+  return path
+
+
+def cli(out, flagfile, **overrides):
+  """`python -m mixmo_tf.train` of SMALL (with `overrides`) into `out`, as an argv."""
+  return [sys.executable, "-m", "mixmo_tf.train", *train_args(out, flagfile, **overrides)]
+
+
+def train_args(out, flagfile, **overrides):
+  return [f"--flagfile={flagfile}", f"--output_dir={out}",
+          *(f"--{name}={value}" for name, value in overrides.items())]
 
 
 def weights(path):
-  return [w.numpy() for w in keras.models.load_model(path).weights]
+  return [w.numpy() for w in load_network(str(path)).weights]
 
 
 def assert_same_weights(a, b, atol=1e-5):
@@ -45,12 +72,70 @@ def assert_same_weights(a, b, atol=1e-5):
     np.testing.assert_allclose(wa, wb, atol=atol)
 
 
+def assert_valid_final_models(out):
+  """model_folded.keras is model.keras with its stems summed into one (the rest equal), and the
+  SavedModel serves that network's ensemble probabilities on uint8 images."""
+  model = load_network(str(out / "model.keras"))
+  folded = load_network(str(out / "model_folded.keras"))
+  for layer in (layer for layer in folded.layers if layer.weights):
+    if layer.name == "stem_folded":
+      stems = sum(stem.kernel.numpy() for stem in model.stem_layers())
+      np.testing.assert_allclose(layer.kernel.numpy(), stems, atol=1e-5)
+    else:
+      assert_same_weights(layer.get_weights(), model.get_layer(layer.name).get_weights())
+  info = json.loads((out / "data_info.json").read_text())
+  images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3)).astype(np.uint8)
+  x = ((images / np.float32(255.0) - np.float32(info["mean"])) / np.float32(info["std"]))
+  logits = keras.ops.convert_to_numpy(model([x.astype(np.float32)] * model.num_members))
+  expected = keras.ops.convert_to_numpy(keras.ops.softmax(logits.mean(axis=1)))
+  serve = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"]
+  np.testing.assert_allclose(serve(images=tf.constant(images))["probs"].numpy(), expected,
+                             atol=1e-5)
+
+
+def leftovers(out):
+  """Temporary files and folders of interrupted writes (`.tmp`, TF's `_temp`, `.old` copies)."""
+  found = []
+  for pattern in ("*.tmp*", "*_temp*", "*.old"):
+    found += glob.glob(str(out / "**" / pattern), recursive=True)
+  return found
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-  """A finished 2-epoch run with ckpt-16 and ckpt-32, and its final weights."""
+  """A finished SMALL run (tf.distribute engine) with ckpt-16 and ckpt-32, and its final weights."""
   out = tmp_path_factory.mktemp("faults") / "run"
-  train.run(tiny_config(out, **SMALL))
+  training.run(small_config(out))
   return out, weights(out / "model.keras")
+
+
+@pytest.fixture(scope="module")
+def array_checkpoint_dir(tmp_path_factory):
+  """ckpt-16 and ckpt-32 in the Keras engine's format (`.weights.npz` + sidecar), written by its
+  store: a network's variables and a step counter."""
+  directory = tmp_path_factory.mktemp("arrays") / "checkpoints"
+  network = build_model("wide_resnet", depth=10, width=1, num_members=2, num_classes=10,
+                        image_shape=(8, 8, 3))
+  step = keras.Variable(0, dtype="int64", trainable=False)
+  store = checkpoints.ArrayCheckpointStore(
+      str(directory), lambda: {"network": list(network.variables), "trainer": [step]}, keep=3,
+      guard=lambda name, write: write())
+  for n in (16, 32):
+    step.assign(n)
+    store.save(n)
+  return directory
+
+
+@pytest.fixture
+def info_logs(caplog):
+  """caplog with absl's INFO records, as `python -m mixmo_tf.train` prints them (absl's verbosity
+  is process-wide and TensorFlow's SavedModel export resets it to WARNING)."""
+  from absl import logging as absl_logging
+  previous = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.INFO)
+  caplog.set_level(logging.INFO)
+  yield caplog
+  absl_logging.set_verbosity(previous)
 
 
 def _damage(path, how):
@@ -64,44 +149,66 @@ def _damage(path, how):
   open(path, "wb").write(bytes(data))
 
 
-DAMAGE = [("data", "truncate"), ("data", "zero"), ("data", "bitflip"), ("index", "truncate"),
-          ("index", "zero"), ("index", "bitflip")]
+def _file(prefix, part):
+  """The file of checkpoint `prefix` that holds `part`: tf.train's data or index, or the
+  Keras engine's one `.weights.npz` ("arrays")."""
+  if part == "data":
+    return glob.glob(f"{prefix}.data-*")[0]
+  return f"{prefix}.index" if part == "index" else f"{prefix}.weights.npz"
+
+
+HOWS = ("truncate", "zero", "bitflip")
+DAMAGE = [(part, how) for part in ("data", "index", "arrays") for how in HOWS]
 
 
 @pytest.mark.parametrize("part,how", DAMAGE)
-def test_every_kind_of_damage_is_detected(finished_run, tmp_path, part, how):
-  """Checksums and TensorFlow's own reader both see each damage (without and with a sidecar)."""
-  source, _ = finished_run
+def test_every_kind_of_damage_is_detected(finished_run, array_checkpoint_dir, tmp_path, part,
+                                          how):
+  """Checksums, and without a sidecar TensorFlow's reader or the zip CRCs, see each damage of
+  either format; the damaged checkpoint is moved aside (kept) and the previous one is latest."""
+  source = array_checkpoint_dir if part == "arrays" else finished_run[0] / "checkpoints"
   for sidecar in (True, False):
-    out = tmp_path / f"run_{sidecar}"
-    shutil.copytree(source / "checkpoints", out / "ckpts")
-    prefix = out / "ckpts" / "ckpt-32"
+    directory = tmp_path / f"run_{sidecar}" / "checkpoints"
+    shutil.copytree(source, directory)
+    prefix = directory / "ckpt-32"
     if not sidecar:
       os.remove(f"{prefix}.sha256")
-    target = glob.glob(f"{prefix}.data-*")[0] if part == "data" else f"{prefix}.index"
-    assert run_dir.checkpoint_problem(str(prefix)) is None
+    target = _file(prefix, part)
+    assert checkpoints.checkpoint_problem(str(prefix)) is None
     _damage(target, how)
-    assert run_dir.checkpoint_problem(str(prefix)) is not None, (part, how, sidecar)
-    assert run_dir.newest_intact_checkpoint(str(out / "ckpts")).endswith("ckpt-16")
+    assert checkpoints.checkpoint_problem(str(prefix)) is not None, (part, how, sidecar)
+    assert checkpoints.newest_intact_checkpoint(str(directory)).endswith("ckpt-16")
+    assert checkpoints.latest_checkpoint(str(directory)).endswith("ckpt-16")
+    aside = directory / checkpoints.DAMAGED_DIR
+    assert (aside / os.path.basename(target)).exists() and not os.path.exists(target)
 
 
-@pytest.mark.parametrize("part,how", [("data", "truncate"), ("index", "zero"),
-                                      ("data", "bitflip")])
+@pytest.mark.parametrize("part,how,sidecar", [("data", "bitflip", True),
+                                              ("index", "zero", False)])
 def test_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_resumed(
-    finished_run, tmp_path, part, how, caplog):
+    finished_run, tmp_path, part, how, sidecar, info_logs):
+  """With its sidecar (checksums) or without (a kill before the sidecar: TensorFlow's reader),
+  a damaged ckpt-32 of a finished run is set aside, ckpt-16 resumed, the lost epoch retrained to
+  the uninterrupted run's weights."""
   source, final = finished_run
   out = tmp_path / "run"
   shutil.copytree(source, out)
   newest = out / "checkpoints" / "ckpt-32"
-  target = glob.glob(f"{newest}.data-*")[0] if part == "data" else f"{newest}.index"
+  if not sidecar:
+    os.remove(f"{newest}.sha256")
+  target = _file(newest, part)
   _damage(target, how)
-  trainer = custom_loop.build_trainer(tiny_config(out, **SMALL))
-  assert trainer.restore() == 16  # the intact previous checkpoint
-  assert any("ckpt-32 is damaged" in r.getMessage() for r in caplog.records)
-  moved = out / "checkpoints" / run_dir.DAMAGED_DIR / os.path.basename(target)
-  assert moved.exists() and not os.path.exists(target)  # kept aside, never deleted
-  results = trainer.fit()
+  damaged = open(target, "rb").read()
+  results = training.run(small_config(out))
+  messages = [r.getMessage() for r in info_logs.records]
+  assert any("ckpt-32 is damaged" in m for m in messages), messages
+  assert any(re.fullmatch(r"Resumed from .*/ckpt-16 at step 16\.", m) for m in messages), messages
+  moved = out / "checkpoints" / checkpoints.DAMAGED_DIR / os.path.basename(target)
+  assert moved.read_bytes() == damaged  # kept aside, never deleted
   assert results["global_step"] == 32
+  history = json.loads((out / "history.json").read_text())
+  assert [(h["epoch"], h["step"]) for h in history] == [(1, 16), (2, 32)]
+  assert checkpoints.checkpoint_problem(str(newest)) is None  # written again, intact
   # The rerun retraces the lost epoch: same final weights as the uninterrupted run.
   assert_same_weights(weights(out / "model.keras"), final)
 
@@ -112,31 +219,59 @@ def test_no_intact_checkpoint_names_every_file(finished_run, tmp_path):
   shutil.copytree(source, out)
   for index in glob.glob(str(out / "checkpoints" / "*.index")):
     _damage(index, "zero")
-  with pytest.raises(run_dir.RunFolderError) as error:
-    custom_loop.build_trainer(tiny_config(out, **SMALL))
+  with pytest.raises(RunFolderError) as error:
+    training.run(small_config(out))
   message = str(error.value)
   assert "ckpt-16" in message and "ckpt-32" in message and "--overwrite" in message
+  aside = out / "checkpoints" / checkpoints.DAMAGED_DIR
+  assert {"ckpt-16.index", "ckpt-32.index"} <= set(os.listdir(aside))  # kept, not deleted
+  assert running_holder(str(out)) is None  # the failed run released the folder
 
 
 def test_finished_run_rewrites_missing_artifacts_without_training(finished_run, tmp_path,
                                                                   monkeypatch):
-  source, final = finished_run
+  source, _ = finished_run
   out = tmp_path / "run"
   shutil.copytree(source, out)
-  # As a kill during the final writes leaves it: results.json (written last) and a model gone,
-  # a half-written temporary file beside them.
+  # As kills during the final writes leave it: results.json (written last) and a model gone, a
+  # half-written model and SavedModel beside them, and the SavedModel set aside by an
+  # interrupted directory replacement (the old one renamed, the new one not yet in).
   os.remove(out / "results.json")
   os.remove(out / "model_folded.keras")
-  shutil.rmtree(out / "saved_model")
   (out / "model.tmp.keras").write_bytes(b"partial")
+  os.rename(out / "saved_model", out / "saved_model.old")
+  (out / "saved_model.tmp").mkdir()
+  (out / "saved_model.tmp" / "saved_model.pb").write_bytes(b"partial")
+  folder = RunFolder.open(str(out))
+  assert folder.missing_artifacts() == ["model_folded.keras", "results.json"]
+  assert not folder.is_complete()
   history = (out / "history.json").read_text()
-  monkeypatch.setattr(custom_loop.Trainer, "train_epoch", lambda *a: pytest.fail("trained again"))
-  results = train.run(tiny_config(out, **SMALL))
+  monkeypatch.setattr(tf_engine.TFDistributeEngine, "train",
+                      lambda *a: pytest.fail("trained again"))
+  results = training.run(small_config(out))
   assert results["global_step"] == 32 and (out / "history.json").read_text() == history
-  assert not (out / "model.tmp.keras").exists()
-  assert_same_weights(weights(out / "model_folded.keras")[1:], final[2:])  # one stem, then same
-  assert tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"] is not None
+  assert folder.missing_artifacts() == [] and folder.is_complete()
+  assert not leftovers(out), leftovers(out)
+  assert_valid_final_models(out)
   assert json.loads((out / "results.json").read_text())["global_step"] == 32
+
+
+def test_an_extended_run_is_not_complete_until_it_finishes_again(finished_run, tmp_path,
+                                                                 monkeypatch):
+  source, _ = finished_run
+  out = tmp_path / "run"
+  shutil.copytree(source, out)
+
+  def killed(*args):
+    raise KeyboardInterrupt("killed while training the third epoch")
+
+  monkeypatch.setattr(tf_engine.TFDistributeEngine, "train", killed)
+  with pytest.raises(KeyboardInterrupt):
+    training.run(small_config(out, epochs=3))  # Resumes at step 32 of 48.
+  folder = RunFolder.open(str(out))
+  assert json.loads((out / "config.json").read_text())["epochs"] == 3
+  assert not folder.is_complete()
+  assert folder.missing_artifacts()[-1:] == ["results.json"]
 
 
 def _wait_for(predicate, proc, timeout=240):
@@ -147,10 +282,10 @@ def _wait_for(predicate, proc, timeout=240):
 
 
 @pytest.mark.slow
-def test_second_run_in_the_same_folder_is_refused_and_readers_wait(tmp_path):
+def test_second_run_in_the_same_folder_is_refused_and_readers_wait(tmp_path, flagfile, capsys):
   out = tmp_path / "run"
-  first = subprocess.Popen(cli(out, epochs=40), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+  first = subprocess.Popen(cli(out, flagfile, epochs=40), cwd=REPO, env=ENV,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
     assert _wait_for(lambda: (out / "checkpoints" / "checkpoint").exists(), first)
     # The running first process may still create tensorboard/ (its writer's files appear at
@@ -159,26 +294,29 @@ def test_second_run_in_the_same_folder_is_refused_and_readers_wait(tmp_path):
     run_files = ("flags.txt", "config.json", "data_info.json")
     before = listing()
     stamps = {name: os.stat(out / name).st_mtime_ns for name in run_files}
-    second = subprocess.run(cli(out, epochs=40), cwd=REPO, env=ENV, capture_output=True,
-                            text=True, timeout=120)
-    assert second.returncode != 0
-    assert f"PID {first.pid} on host" in second.stderr, second.stderr[-2000:]
-    assert "Traceback" not in second.stderr
+    capsys.readouterr()
+    # The second run, as the shell runs it (in this process: the lock is the first process's).
+    assert commands.call(train_command, train_args(out, flagfile, epochs=40)) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"PID {first.pid} on host" in errors[0], err[-2000:]
+    assert "Traceback" not in err
     assert listing() == before
     assert {name: os.stat(out / name).st_mtime_ns for name in run_files} == stamps
-    with pytest.raises(run_dir.RunFolderError, match="--allow_running"):
-      evaluate.evaluate_path(str(out))
-    results = evaluate.evaluate_path(str(out), allow_running=True)  # from the latest checkpoint
+    assert running_holder(str(out)).startswith(f"PID {first.pid} on host")
+    with pytest.raises(RunFolderError, match="--allow_running"):
+      runs.evaluate_run(str(out))
+    results = runs.evaluate_run(str(out), allow_running=True)  # from the latest checkpoint
     assert 0.0 <= results["top1"] <= 1.0
   finally:
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=60)
   # The OS lock died with its process: the folder is free again.
-  assert run_lock.running_holder(str(out)) is None
+  assert running_holder(str(out)) is None
 
 
 @pytest.mark.slow
-def test_full_disk_stops_with_one_line_and_resumes_after(tmp_path):
+def test_full_disk_stops_with_one_line_and_resumes_after(tmp_path, flagfile, capfd, info_logs):
   mount = tmp_path / "small"
   mount.mkdir()
   if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2500k", "tmpfs", str(mount)],
@@ -186,22 +324,27 @@ def test_full_disk_stops_with_one_line_and_resumes_after(tmp_path):
     pytest.skip("cannot mount a small tmpfs here (needs root)")
   try:
     out = mount / "run"
-    full = subprocess.run(cli(out, epochs=8), cwd=REPO, env=ENV, capture_output=True, text=True,
-                          timeout=300)
-    assert full.returncode == 1, full.stderr[-3000:]
-    errors = [l for l in full.stderr.splitlines() if "Cannot write" in l]
-    assert len(errors) == 1 and "MiB free" in errors[0] and str(out) in errors[0], errors
-    assert "Traceback" not in full.stderr
-    latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
-    assert latest and run_dir.checkpoint_problem(latest) is None  # the last good one
-    assert not glob.glob(str(out / "**" / "*_temp*"), recursive=True)
-    assert not glob.glob(str(out / "**" / "*.tmp"), recursive=True)
+    args = train_args(out, flagfile, epochs=8)
+    capfd.readouterr()
+    assert commands.call(train_command, args) == 1  # In this process, as the shell runs it.
+    err = capfd.readouterr().err
+    errors = [line for line in err.splitlines() if "Cannot write" in line]
+    assert len(errors) == 1 and errors[0].startswith("error: "), errors
+    assert "MiB free" in errors[0] and str(out) in errors[0], errors
+    assert "Traceback" not in err
+    latest = checkpoints.latest_checkpoint(str(out / "checkpoints"))
+    assert latest and checkpoints.checkpoint_problem(latest) is None  # the last good one
+    assert latest in errors[0]  # named by the error line
+    assert not leftovers(out), leftovers(out)
+    assert running_holder(str(out)) is None
     subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
-    resumed = subprocess.run(cli(out, epochs=8), cwd=REPO, env=ENV, capture_output=True,
-                             text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Resumed from {latest}" in resumed.stderr
-    assert json.loads((out / "results.json").read_text())["global_step"] == 8 * 16
+    info_logs.clear()
+    assert commands.call(train_command, args) == 0
+    assert any(r.getMessage().startswith(f"Resumed from {latest} at step")
+               for r in info_logs.records)
+    assert json.loads((out / "results.json").read_text())["global_step"] == 8 * STEPS_PER_EPOCH
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(1, 9))
   finally:
     subprocess.run(["umount", "-l", str(mount)])
 
@@ -215,18 +358,21 @@ def _last_step(log_path):
 
 
 @pytest.mark.slow
-def test_random_sigkills_lose_nothing(tmp_path):
+def test_random_sigkills_lose_nothing(finished_run, flagfile, tmp_path):
   """Kill -9 at random moments (checkpoint and final saves included), rerun, repeat until the run
-  finishes: the final weights equal an uninterrupted run's and every artifact is valid."""
+  finishes: the final weights equal the uninterrupted run's (`finished_run`, the same flags) and
+  every artifact is valid."""
   out, log = tmp_path / "killed", tmp_path / "log.txt"
   rng = random.Random(1234)
   kills, moments = 0, []
-  # Two kills at later and later steps (an epoch's last step, 16 / 32 / 48, is followed by its
-  # checkpoint write), then two during the final writes (models, SavedModel, results.json).
-  targets = [16 * rng.randint(1, 2), 48, None, None]
+  # Two kills just after an epoch's last step (16, then 32: each followed by its history entry
+  # and checkpoint, 32 by the final evaluation), then one during the final writes (models,
+  # SavedModel, results.json; test_finished_run_rewrites_missing_artifacts_without_training
+  # leaves each of their partial states deterministically).
+  targets = [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH, None]
   while True:
     with open(log, "w") as stderr:
-      proc = subprocess.Popen(cli(out), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+      proc = subprocess.Popen(cli(out, flagfile), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
                               stderr=stderr)
     if kills < len(targets):
       target = targets[kills]
@@ -244,40 +390,43 @@ def test_random_sigkills_lose_nothing(tmp_path):
     break
   print(f"fault injection: {kills} SIGKILLs survived ({', '.join(moments)})")
   assert kills == len(targets)
-  clean = tmp_path / "clean"  # The same flags as `cli`, uninterrupted, in this process.
-  train.run(tiny_config(clean, train_subset=256, lr_decay_epochs=(3,), seed=3, epochs=4,
-                        checkpoint_frequency=1, eval_frequency=100, log_every_steps=1))
+  clean, _ = finished_run
   for name in ("model.keras", "model_folded.keras"):
-    assert_same_weights(weights(out / name), weights(clean / name), atol=1e-4)
-  assert json.loads((out / "results.json").read_text())["global_step"] == 64
+    assert_same_weights(weights(out / name), weights(clean / name))
+  assert json.loads((out / "results.json").read_text())["global_step"] == 32
   history = json.loads((out / "history.json").read_text())
-  assert [h["epoch"] for h in history] == [1, 2, 3, 4]
-  assert tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"] is not None
-  assert not glob.glob(str(out / "**" / "*.tmp*"), recursive=True)
+  assert [(h["epoch"], h["step"]) for h in history] == [(1, 16), (2, 32)]
+  assert_valid_final_models(out)
+  assert RunFolder.open(str(out)).missing_artifacts() == []
+  for prefix in glob.glob(str(out / "checkpoints" / "*.index")):
+    assert checkpoints.checkpoint_problem(prefix[:-len(".index")]) is None, prefix
+  assert not leftovers(out), leftovers(out)
 
 
-@pytest.mark.parametrize("loop", ["custom", "keras"])
-def test_crash_right_after_a_checkpoint_keeps_every_history_entry(tmp_path, monkeypatch, loop):
-  """A crash just after epoch 2's checkpoint write (the moment a SIGKILL once hit in the loop
-  test above): the rerun finds the run complete and history.json still has both epochs. With
-  the checkpoint written before the history, epoch 2's entry was lost."""
-  from mixmo_tf import keras_loop
-  run = custom_loop.run if loop == "custom" else keras_loop.run
-  name = "save" if loop == "custom" else "save_arrays"
-  original = getattr(run_dir.RunDir, name)
+@pytest.mark.parametrize("engine", ["custom", "keras"])
+def test_crash_right_after_a_checkpoint_keeps_every_history_entry(tmp_path, monkeypatch, engine):
+  """A crash just after epoch 2's checkpoint (files and sidecar) is written, the moment a SIGKILL
+  once hit: the rerun finds training complete (trains nothing) and history.json still has both
+  epochs. With the checkpoint written before the history, epoch 2's entry was lost. The policy
+  lives in the run loop, for both engines; the seam is the checkpoints' public sidecar writer."""
+  original = checkpoints.write_checksums
 
-  def save_then_crash(self, *args):
-    path = original(self, *args)
-    if str(path).endswith("-32"):  # Epoch 2 of 2 (256 examples, 16 unique per step).
+  def checksums_then_crash(prefix):
+    original(prefix)
+    if str(prefix).endswith("ckpt-32"):  # Epoch 2 of 2.
       raise KeyboardInterrupt("crash right after the checkpoint")
-    return path
 
-  monkeypatch.setattr(run_dir.RunDir, name, save_then_crash)
-  config = tiny_config(tmp_path, **SMALL)
+  monkeypatch.setattr(checkpoints, "write_checksums", checksums_then_crash)
+  config = small_config(tmp_path, engine=engine)
   with pytest.raises(KeyboardInterrupt):
-    run(config)
-  monkeypatch.setattr(run_dir.RunDir, name, original)
-  results = run(config)
-  assert results["global_step"] == 32
+    training.run(config)
+  assert checkpoints.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-32")
+  assert not (tmp_path / "results.json").exists()
+  monkeypatch.setattr(checkpoints, "write_checksums", original)
+  engine_class = tf_engine.TFDistributeEngine if engine == "custom" else keras_engine.KerasEngine
+  monkeypatch.setattr(engine_class, "train", lambda *a: pytest.fail("trained again"))
+  results = training.run(config)
+  assert results["global_step"] == 32 and results["engine"] == engine
   history = json.loads((tmp_path / "history.json").read_text())
   assert [(h["epoch"], h["step"]) for h in history] == [(1, 16), (2, 32)]
+  assert all(np.isfinite(h["train_loss"]) for h in history)

@@ -1,28 +1,13 @@
-"""The Keras-native MixMo loop (`mixmo_tf.keras_trainer`): equal to the custom loop's step on
-TensorFlow, `fit` with standard callbacks, and on JAX without TensorFlow, data-parallel on two
-host devices equal to one device (docs/method.md §3, §5, §6).
-
-The JAX checks run this file as a script in one subprocess (`python tests/test_keras_trainer.py
-OUT`) with KERAS_BACKEND=jax, two forced host devices, and an import hook that refuses
-tensorflow, tensorflow_probability and tensorflow_datasets; it prints one "OK <check>" line per
-check and writes its figures to OUT/jax_report.json.
+"""`MixMoTrainer` (`mixmo_tf.training.trainer`), the Keras engine's step: equal to the tf.distribute
+engine's step on TensorFlow, `fit` with standard callbacks, its data and argument checks
+(docs/method.md §3, §5, §6). Its JAX side (fit, data parallel, the same steps as TensorFlow's on
+one batch) runs in tests/test_no_tensorflow.py's session, which imports the helpers below.
 """
-
-import importlib.abc
-import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-BLOCKED = ("tensorflow", "tensorflow_probability", "tensorflow_datasets")
-TOLERANCE = 1e-5  # Weights after the same step(s) (the issue's bound).
+TOLERANCE = 1e-5  # Weights after the same step(s).
 UNIQUE, REPS, CLASSES, SIZE, SEED = 8, 2, 10, 8, 11
-JAX_CHECKS = ("no tensorflow import", "data parallel step equals single device",
-              "fit: finite loss, predict", "given-batch steps written")
 CROSS_BACKEND_TOLERANCE = 1e-4  # JAX vs TensorFlow: other kernels, other summation orders.
 
 
@@ -106,15 +91,16 @@ def max_weight_difference(a, b):
 # TensorFlow, in process.
 
 
-def test_keras_step_equals_the_custom_loop_step_on_tensorflow():
+def test_keras_step_equals_the_tf_distribute_step_on_tensorflow():
   """Two `train_on_batch` steps (epoch 1 with Cut-MixMo, epoch 2 with p(e) = 0) equal two steps
-  of the custom loop's functions on the same batches and seeds, BN statistics included."""
+  of the tf.distribute engine's functions on the same batches and seeds, BN statistics included."""
   import keras
   import tensorflow as tf
 
-  from mixmo_tf.core import optimizers, schedules
-  from mixmo_tf.training import trainer as keras_trainer
+  from mixmo_tf.core import optimizers, schedules, seeds
   from mixmo_tf.core import step as step_lib
+  from mixmo_tf.training import trainer as keras_trainer
+  from mixmo_tf.training.tf_engine import apply_step
   assert keras.backend.backend() == "tensorflow"
   net_keras, net_loop = tiny_network(), tiny_network(1)
   initial = net_keras.get_weights()
@@ -126,24 +112,25 @@ def test_keras_step_equals_the_custom_loop_step_on_tensorflow():
   trainer.compile(optimizer=optimizers.make_optimizer("pytorch", schedule))
   optimizer = optimizers.make_optimizer("pytorch", schedule)
   optimizer.build(net_loop.trainable_variables)
-  root = tf.constant([SEED, keras_trainer.ROOT_SEED_TAG], tf.int32)  # custom_loop.Trainer._seed
+  root = tf.constant(seeds.step_root(SEED))  # The tf.distribute engine's root seed.
   batches = [learnable_data(UNIQUE, seed=s) for s in (1, 2)]
   loop_losses = []
   for step, (images, labels) in enumerate(batches):
     trainer.train_on_batch((images, labels))
-    # custom_loop.Trainer._replica_step on replica 0 at this step (int64 step, 1-based epoch).
+    # The tf.distribute engine's replica step on replica 0 (int64 step, 1-based epoch).
     seed, batch_seed = step_lib.step_seeds(root, tf.constant(step, tf.int64), 0)
     patch_p = schedules.patch_probability(step // 1 + 1, 2, 0.5)
     batch = step_lib.member_batch(spec, tf.constant(images), tf.constant(labels), (), seed,
                                   batch_seed, patch_p)
-    loss, _ = step_lib.apply_step(net_loop, optimizer, spec, batch.inputs, batch.targets,
-                                  batch.masks, batch.kappa)
+    loss, _ = apply_step(net_loop, optimizer, spec, batch.inputs, batch.targets, batch.masks,
+                         batch.kappa)
     loop_losses.append(float(loss))
   assert trainer.global_step == 2 and int(optimizer.iterations.numpy()) == 2
   moved = max(float(np.max(np.abs(w - v))) for w, v in zip(net_loop.get_weights(), initial))
   assert moved > 1e-3  # The steps did train.
   difference = max_weight_difference(net_keras, net_loop)
-  print(f"TF keras-native vs custom loop, 2 steps: max |weight difference| {difference:.3g}")
+  print(f"TF Keras engine vs tf.distribute engine, 2 steps: max |weight difference| "
+        f"{difference:.3g}")
   assert difference <= TOLERANCE, difference
   assert all(np.isfinite(loop_losses))
 
@@ -181,6 +168,7 @@ def test_train_batches_order_and_bad_arguments():
   batches = keras_trainer.train_arrays_dataset(images, labels, 6, seed=3, partner_batch_size=8)
   assert len(batches) == 3
   batches.on_epoch_begin()
+  assert batches.epoch == 0
   seen = [batches[i][0] for i in range(3)]
   (first, _), (partner_images, partner_labels) = seen[0]
   assert first.shape == (6, SIZE, SIZE, 3) and partner_images.shape[0] == len(partner_labels) == 8
@@ -203,126 +191,3 @@ def test_train_batches_order_and_bad_arguments():
     trainer.compile(optimizer="sgd", jit_compile=True)
   with pytest.raises(ValueError, match="one normalised image batch, got a tuple of 2"):
     trainer((images, labels))  # evaluate / validation_data would pass (images, labels).
-
-
-# ------------------------------------------------------------------------------------------------
-# JAX, in a subprocess without TensorFlow.
-
-
-def test_jax_fit_and_data_parallel_step_without_tensorflow(tmp_path):
-  """JAX without TensorFlow: fit, DataParallel on 2 host devices equal to 1 device, and two steps
-  from the same initial weights on the same sampled member batch equal to TensorFlow's."""
-  from mixmo_tf.core import step as step_lib
-  network = tiny_network()
-  network.save(tmp_path / "step_model.keras")
-  images, labels = learnable_data(UNIQUE, seed=3)
-  seed, batch_seed = step_lib.step_seeds(np.array([SEED, 0x5EED], np.int32), 0, 0)
-  batch = step_lib.member_batch(tiny_spec(network), images, labels, (), seed, batch_seed, 0.5)
-  arrays = [np.asarray(x) for x in list(batch.inputs) + [batch.masks, batch.targets, batch.kappa]]
-  assert 0 < float(np.mean(arrays[-1][:, 0])) < 1  # kappa: a real mix of the two inputs.
-  np.savez(tmp_path / "step_batch.npz", *arrays)
-  tf_weights = given_batch_steps(network, arrays)
-  # Two host devices for DataParallel; skip XLA's LLVM optimisation (compile time, not numerics).
-  xla_flags = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
-               " --xla_backend_optimization_level=0").strip()
-  env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags,
-             PYTHONPATH=str(REPO))
-  result = subprocess.run([sys.executable, __file__, str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stdout + result.stderr[-5000:]
-  lines = result.stdout.splitlines()
-  for check in JAX_CHECKS:
-    assert f"OK {check}" in lines, (check, result.stdout)
-  report = json.loads((tmp_path / "jax_report.json").read_text())
-  print(f"JAX DataParallel (2 devices) vs single device, 1 step: max |weight difference| "
-        f"{report['data_parallel_max_difference']:.3g}")
-  assert report["data_parallel_max_difference"] <= TOLERANCE, report
-  with np.load(tmp_path / "jax_step_weights.npz") as saved:
-    jax_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-  initial = [np.asarray(w, np.float64) for w in tiny_network().get_weights()]
-  moved = max(float(np.max(np.abs(a - b))) for a, b in zip(tf_weights, initial))
-  difference = max(float(np.max(np.abs(a - b))) for a, b in zip(tf_weights, jax_weights))
-  print(f"2 steps on one member batch, JAX vs TensorFlow: max |weight difference| "
-        f"{difference:.3g} (the steps moved weights by up to {moved:.3g})")
-  assert moved > 1e-2 and difference <= CROSS_BACKEND_TOLERANCE, (difference, moved)
-
-
-class _RefuseTensorFlow(importlib.abc.MetaPathFinder):
-  """Makes TensorFlow and its companions look uninstalled."""
-
-  def find_spec(self, name, path=None, target=None):
-    if name.split(".")[0] in BLOCKED:
-      raise ModuleNotFoundError(f"No module named {name!r} (refused under KERAS_BACKEND=jax)",
-                                name=name)
-    return None
-
-
-def _jax_main(out: pathlib.Path):
-  sys.meta_path.insert(0, _RefuseTensorFlow())  # Before Keras or the project is imported.
-  import jax
-  import keras
-
-  import mixmo_tf  # The package itself must load without TensorFlow.
-  from mixmo_tf.core import optimizers
-  from mixmo_tf.training import trainer as keras_trainer
-  assert keras.backend.backend() == "jax" and mixmo_tf.__version__, keras.backend.backend()
-  loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-  assert not loaded, loaded
-  print("OK no tensorflow import", flush=True)
-
-  devices = keras.distribution.list_devices()
-  assert len(devices) == 2, devices
-  initial = tiny_network().get_weights()
-  images, labels = learnable_data(6 * UNIQUE)
-
-  def make_trainer():
-    network = tiny_network(1)
-    network.set_weights(initial)
-    trainer = keras_trainer.MixMoTrainer(network, tiny_spec(network), seed=SEED,
-                                         steps_per_epoch=6, epochs=3)
-    trainer.compile(optimizer=optimizers.make_optimizer("pytorch", 0.05))
-    return trainer
-
-  def one_step(trainer):
-    batches = keras_trainer.train_arrays_dataset(images, labels, UNIQUE, seed=SEED)
-    return trainer.fit(batches, epochs=1, steps_per_epoch=1, verbose=0).history["loss"][0]
-
-  single = make_trainer()
-  single_loss = one_step(single)
-  with keras.distribution.DataParallel(devices=devices).scope():  # Variables made in the scope.
-    parallel = make_trainer()
-    parallel_loss = one_step(parallel)
-    spread = {len(w.value.sharding.device_set) for w in parallel.network.weights}
-    # Inside the step, the member batch is split over the devices (not run replicated).
-    probe = jax.jit(lambda x: keras_trainer._shard_batch([x], x, x, x)[0][0])
-    split = probe(jax.numpy.zeros((UNIQUE * REPS, 4)))
-  assert spread == {2}, spread  # Weights replicated on both devices.
-  assert split.sharding.shard_shape(split.shape)[0] == UNIQUE * REPS // 2, split.sharding
-  difference = max_weight_difference(single, parallel)
-  assert single.global_step == parallel.global_step == 1
-  assert difference <= TOLERANCE, difference
-  assert abs(single_loss - parallel_loss) <= TOLERANCE, (single_loss, parallel_loss)
-  print("OK data parallel step equals single device", flush=True)
-
-  history = keras.callbacks.History()
-  single.fit(keras_trainer.train_arrays_dataset(images, labels, UNIQUE, seed=SEED, epoch=1),
-             epochs=2, verbose=0,
-             callbacks=[history, keras.callbacks.CSVLogger(str(out / "log.csv"))])
-  losses = history.history["loss"]
-  assert len(losses) == 2 and np.all(np.isfinite(losses)), losses
-  assert single.global_step == 13
-  x = ((images / 255.0 - 0.45) / 0.25).astype(np.float32)
-  logits = single.network.predict([x, x], verbose=0)
-  assert logits.shape == (len(x), 2, CLASSES) and np.all(np.isfinite(logits))
-  print("OK fit: finite loss, predict", flush=True)
-  write_given_batch_steps(out / "step_model.keras", out / "step_batch.npz",
-                          out / "jax_step_weights.npz")
-  print("OK given-batch steps written", flush=True)
-  (out / "jax_report.json").write_text(json.dumps(dict(
-      data_parallel_max_difference=difference, single_loss=single_loss,
-      parallel_loss=parallel_loss, fit_losses=losses)))
-
-
-if __name__ == "__main__":
-  sys.path.insert(0, str(REPO))
-  _jax_main(pathlib.Path(sys.argv[1]))

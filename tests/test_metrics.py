@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mixmo_tf.evaluation import metrics
-from mixmo_tf.evaluate import markdown_table
+from mixmo_tf.evaluation.tables import markdown_table
 
 
 def numpy_ece(probs, labels, bins=15):
@@ -91,19 +91,32 @@ def test_evaluate_logits_and_table():
 def test_tables_tool_reads_every_kind_of_run(tmp_path, capsys):
   import json
   from mixmo_tf import tables
+  from mixmo_tf.evaluation import tables as tables_lib
   (tmp_path / "a").mkdir()
   (tmp_path / "a" / "metrics.json").write_text(json.dumps({"top1": 0.5, "nll": 1.25}))
+  (tmp_path / "a" / "results.json").write_text(json.dumps({"top1": 0.1}))  # metrics.json wins.
   (tmp_path / "b").mkdir()
   (tmp_path / "b" / "results.json").write_text(json.dumps({"top1": 0.75, "top5": 0.9}))
   (tmp_path / "de").mkdir()
   (tmp_path / "de" / "ensemble_results.json").write_text(json.dumps({"ensemble": {"top1": 0.8}}))
-  tables.main([str(tmp_path / n) for n in ("a", "b", "de")])
+  assert tables.main([str(tmp_path / n) for n in ("a", "b", "de")]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 5
-  assert lines[2].startswith("| a | 50.00 | - | 1.250 |")
+  assert lines[0] == "| run | " + " | ".join(c[0] for c in tables_lib.TABLE_COLUMNS) + " |"
+  assert lines[2] == "| a | 50.00 | - | 1.250 | - | - | - | - |"
   assert lines[3].startswith("| b | 75.00 | 90.00 |") and lines[4].startswith("| de | 80.00 |")
   with pytest.raises(ValueError, match="none of"):
-    tables.load_run_metrics(str(tmp_path))
+    tables_lib.load_run_metrics(str(tmp_path))
+  # An unfinished run (config.json, no results) is named with what it lacks; the command says
+  # so in one line on stderr, exit status 1, and prints no table.
+  (tmp_path / "busy").mkdir()
+  (tmp_path / "busy" / "config.json").write_text("{}")
+  with pytest.raises(ValueError, match="unfinished: .*results.json"):
+    tables_lib.load_run_metrics(str(tmp_path / "busy"))
+  assert tables.main([str(tmp_path / "a"), str(tmp_path / "busy")]) == 1
+  out, err = capsys.readouterr()
+  assert out == "" and err.startswith("error: ") and "unfinished" in err
+  assert len(err.strip().splitlines()) == 1
 
 
 def test_tables_tool_members_timing_and_curves(tmp_path, capsys):
@@ -112,6 +125,7 @@ def test_tables_tool_members_timing_and_curves(tmp_path, capsys):
   import json
   from PIL import Image
   from mixmo_tf import tables
+  from mixmo_tf.evaluation import tables as tables_lib
   runs = {"van": {"top1": 0.7, "top1_member_0": 0.7, "train_seconds": 90.0,
                   "train_images_per_second": 250.4, "test_top1_per_epoch": [[1, 0.5], [2, 0.7]]},
           "mix": {"top1": 0.8, "top1_member_0": 0.75, "top1_member_1": 0.7625,
@@ -121,28 +135,31 @@ def test_tables_tool_members_timing_and_curves(tmp_path, capsys):
     (tmp_path / name).mkdir()
     (tmp_path / name / "results.json").write_text(json.dumps(values))
   png = tmp_path / "curves.png"
-  tables.main([str(tmp_path / n) for n in runs] + ["--members", "--timing", f"--curves={png}"])
+  assert tables.main([str(tmp_path / n) for n in runs]
+                     + ["--members", "--timing", f"--curves={png}"]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert lines[0] == ("| run | Top-1 | Top-5 | NLL | NLL_c | ECE | members Top-1 | d_re | train min"
                       " | img/s |")
   assert lines[2] == "| van | 70.00 | - | - | - | - | 70.00 | - | 1.5 | 250 |"
   assert lines[3] == "| mix | 80.00 | - | - | - | - | 75.00 / 76.25 | 0.500 | - | - |"
   assert lines[4] == "| old | 60.00 | - | - | - | - | - | - | - | - |"
-  assert tables.curves([str(tmp_path / n) for n in runs]) == {
+  assert tables_lib.curves([str(tmp_path / n) for n in runs]) == {
       "van": [(1, 0.5), (2, 0.7)], "mix": [(1, 0.4), (2, 0.8)]}
   with Image.open(png) as image:
     assert image.size == (600, 400)
     pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
   for colour in ((31, 119, 180), (255, 127, 14)):  # tab:blue, tab:orange: both runs drawn.
     assert (np.abs(pixels - colour).sum(axis=1) < 10).sum() > 50, colour
-  with pytest.raises(SystemExit, match="no run recorded"):
-    tables.main([str(tmp_path / "old"), f"--curves={tmp_path / 'none.png'}"])
+  assert tables.main([str(tmp_path / "old"), f"--curves={tmp_path / 'none.png'}"]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith("error: --curves: no run recorded") and len(err.splitlines()) == 1
+  assert not (tmp_path / "none.png").exists()
 
 
 def test_best_on_test_picks_the_later_of_tied_epochs_and_tables_label_it(tmp_path, capsys):
   import json
   from mixmo_tf import tables
-  from mixmo_tf.train import best_on_test
+  from mixmo_tf.training.loop import best_on_test
   history = [{"epoch": 1, "step": 10, "top1": 0.5, "nll": 1.0},
              {"epoch": 2, "step": 20, "top1": 0.7, "nll": 0.8},
              {"epoch": 3, "step": 30},  # not evaluated
@@ -153,7 +170,7 @@ def test_best_on_test_picks_the_later_of_tied_epochs_and_tables_label_it(tmp_pat
   (tmp_path / "run").mkdir()
   (tmp_path / "run" / "results.json").write_text(json.dumps(
       {"top1": 0.6, "nll": 0.7, "diversity_dre": 0.5, "best_on_test": best_on_test(history)}))
-  tables.main([str(tmp_path / "run"), "--best_on_test"])
+  assert tables.main([str(tmp_path / "run"), "--best_on_test"]) == 0
   row = capsys.readouterr().out.splitlines()[2]
   assert row.startswith("| run (best on test: epoch 4) | 70.00 | - | 0.900 |"), row
   assert row.endswith("| - |")  # d_re of the last epoch is not shown as the best epoch's

@@ -3,65 +3,26 @@ same member logits (within 1e-4), and the reverse, folded stems too; under JAX, 
 `keras.ops` path updates its moving statistics as the fused kernel does (docs/method.md §2.1 /
 §12.9).
 
-Keras fixes the backend once per process, so each stage runs in its own subprocess, and this file
-is also the script they run: `python tests/test_model_backends.py STAGE DIR`. Stages: `tf_save`
-(build, perturb, save, logits), `jax` (load, compare, train-mode forward, save), `tf_load`. The JAX
-stage refuses every TensorFlow import before it imports Keras or the project, to prove the model
-code needs none; it loads the `mixmo_tf` package without running its `__init__` (which imports the
-TensorFlow-only modules), and skips, naming the import, while `mixmo_tf.models` still needs TF.
+Keras fixes the backend once per process: `stage_tf_save` (build, perturb, save, logits) and
+`stage_tf_load` run here, on TensorFlow; `stage_jax` (load, compare, train-mode forward, save) runs
+in the JAX session of tests/conftest.py (`jax_session`), where TensorFlow is unimportable.
 """
 
-import importlib.abc
 import json
-import os
-import pathlib
-import subprocess
-import sys
-import time
-import traceback
-import types
 
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4  # Member logits across backends (the issue's bound).
-BLOCKED = ("tensorflow", "tensorflow_probability", "tensorflow_datasets")
 # name -> (build_model kwargs, batch size). PreActResNet-18 (11M parameters) at 16x16 inputs.
 SPECS = {
     "wide_resnet": (dict(depth=10, width=1, num_members=2, num_classes=5, image_shape=(8, 8, 3)),
                     5),
     "preact_resnet18": (dict(width=1, num_members=2, num_classes=5, image_shape=(16, 16, 3)), 5),
 }
-SKIP_FILE = "jax_skip.txt"
-STAGE_TIMEOUT_S = 300
 
 
-# ------------------------------------------------------------------------------------------------
-# Subprocess side.
-
-
-class _RefuseTensorFlow(importlib.abc.MetaPathFinder):
-  """A meta-path finder that makes TensorFlow and its companions look uninstalled."""
-
-  def __init__(self):
-    self.refused = []
-
-  def find_spec(self, name, path=None, target=None):
-    if name.split(".")[0] in BLOCKED:
-      self.refused.append(name)
-      raise ModuleNotFoundError(f"No module named {name!r} (refused by the JAX stage)", name=name)
-    return None
-
-
-def _load_package_without_init():
-  """Registers `mixmo_tf` as a bare package, so `mixmo_tf.models` imports without `__init__`."""
-  package = types.ModuleType("mixmo_tf")
-  package.__path__ = [str(REPO / "mixmo_tf")]
-  sys.modules["mixmo_tf"] = package
-
-
-def _perturb(model, rng):
+def perturb(model, rng):
   """Non-trivial BN statistics, scales, offsets and head biases (as test_models.py does)."""
   for w in model.weights:
     noise = 0.1 * rng.normal(size=w.shape).astype(np.float32)
@@ -77,7 +38,7 @@ def _member_logits(model, folded, x):
           np.asarray(folded.predict(x, verbose=0)))
 
 
-def _stage_tf_save(out):
+def stage_tf_save(out):
   import keras
   from mixmo_tf.models import build_model
   assert keras.backend.backend() == "tensorflow", keras.backend.backend()
@@ -85,7 +46,7 @@ def _stage_tf_save(out):
     keras.utils.set_random_seed(0)
     model = build_model(name, **kwargs)
     rng = np.random.default_rng(4)
-    _perturb(model, rng)
+    perturb(model, rng)
     folded = model.folded()
     x = rng.normal(size=(batch,) + tuple(kwargs["image_shape"])).astype(np.float32)
     plain_logits, folded_logits = _member_logits(model, folded, x)
@@ -141,25 +102,12 @@ def _batch_norm_errors(model, batch_norm_cls, inputs, before):
   return errors
 
 
-def _stage_jax(out):
-  finder = _RefuseTensorFlow()
-  sys.meta_path.insert(0, finder)  # Before Keras or the project is imported.
-  _load_package_without_init()
+def stage_jax(out):
+  """Under JAX: loads TensorFlow's files, compares, trains one forward, saves back."""
   import keras
+
+  from mixmo_tf.models.layers import FusedBatchNorm
   assert keras.backend.backend() == "jax", keras.backend.backend()
-  try:
-    from mixmo_tf.models import build_model  # noqa: F401  (registers the serializable classes)
-    from mixmo_tf.models.layers import FusedBatchNorm
-  except ImportError as error:
-    if error.name is None or error.name.split(".")[0] not in BLOCKED:
-      raise
-    frames = [f for f in traceback.extract_tb(error.__traceback__)
-              if pathlib.Path(f.filename).resolve().is_relative_to(REPO / "mixmo_tf")]
-    where = (f"{pathlib.Path(frames[-1].filename).relative_to(REPO)}:{frames[-1].lineno}"
-             if frames else "?")
-    (out / SKIP_FILE).write_text(f"mixmo_tf.models needs TensorFlow without it: {where} imports "
-                                 f"{error.name!r} (mixmo_tf.mixing must import TF lazily).")
-    return
   report = {}
   for name, (kwargs, batch) in SPECS.items():
     saved = np.load(out / f"{name}_tf.npz")
@@ -183,13 +131,10 @@ def _stage_jax(out):
     model.save(out / f"{name}_jax.keras")
     folded.save(out / f"{name}_jax_folded.keras")
     np.savez(out / f"{name}_jax.npz", plain=plain_logits, folded=folded_logits)
-  tf_loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-  report["tensorflow_modules"] = tf_loaded
-  report["refused_imports"] = sorted(set(finder.refused))
   (out / "jax_report.json").write_text(json.dumps(report, indent=1))
 
 
-def _stage_tf_load(out):
+def stage_tf_load(out):
   import keras
   import mixmo_tf.models  # noqa: F401  (registers the serializable classes)
   assert keras.backend.backend() == "tensorflow", keras.backend.backend()
@@ -201,42 +146,16 @@ def _stage_tf_load(out):
     np.savez(out / f"{name}_tf_from_jax.npz", plain=plain_logits, folded=folded_logits)
 
 
-STAGES = {"tf_save": ("tensorflow", _stage_tf_save), "jax": ("jax", _stage_jax),
-          "tf_load": ("tensorflow", _stage_tf_load)}
-
-
 # ------------------------------------------------------------------------------------------------
 # Pytest side.
 
 
-def _run_stage(stage, out):
-  backend = STAGES[stage][0]
-  env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-  if backend == "jax":
-    # XLA's CPU compile dominates here (one jit per weight shape at build): LLVM -O0 compiles ~4x
-    # faster; it does not reorder float arithmetic, and the tolerance is 1e-4 anyway.
-    env["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
-                                              "--xla_backend_optimization_level=0"]))
-    env["JAX_PLATFORMS"] = "cpu"
-  start = time.perf_counter()
-  proc = subprocess.run([sys.executable, __file__, stage, str(out)], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=STAGE_TIMEOUT_S)
-  assert proc.returncode == 0, f"stage {stage} failed:\n{proc.stderr[-4000:]}"
-  return time.perf_counter() - start
-
-
 @pytest.fixture(scope="module")
-def round_trip(tmp_path_factory):
-  """Runs the three stages once; returns their folder and the JAX stage's report."""
-  out = tmp_path_factory.mktemp("backends")
-  seconds = {"tf_save": _run_stage("tf_save", out), "jax": _run_stage("jax", out)}
-  if (out / SKIP_FILE).exists():
-    pytest.skip((out / SKIP_FILE).read_text())
-  seconds["tf_load"] = _run_stage("tf_load", out)
-  report = json.loads((out / "jax_report.json").read_text())
-  print(f"\nstage seconds: {seconds}")
-  return out, report
+def round_trip(jax_session):
+  """The files of the three stages (TensorFlow, JAX, TensorFlow) and the JAX stage's report."""
+  out = jax_session.data / "model_backends"
+  stage_tf_load(out)
+  return out, json.loads((out / "jax_report.json").read_text())
 
 
 def _max_differences(out, name, got, want):
@@ -277,12 +196,6 @@ def test_jax_batch_norm_training_forward_matches_the_numpy_equations(round_trip,
   assert errors["outputs"] < 1e-4, errors
 
 
-@pytest.mark.slow
-def test_jax_stage_ran_without_tensorflow(round_trip):
-  report = round_trip[1]
-  assert report["tensorflow_modules"] == [], report["tensorflow_modules"]
-
-
 def test_portable_batch_norm_path_matches_the_fused_kernel():
   """In-process, on TensorFlow: the `keras.ops` path that the other backends take gives the fused
   kernel's outputs, input gradients and moving statistics for the same weights."""
@@ -302,7 +215,7 @@ def test_portable_batch_norm_path_matches_the_fused_kernel():
     layer.beta.assign(np.linspace(-1.0, 1.0, 4).astype(np.float32))
     layer.moving_mean.assign(np.full(4, 0.3, np.float32))
     layer.moving_variance.assign(np.full(4, 2.0, np.float32))
-    call = (lambda v, training, l=layer: l._portable_call(v, training)) if portable else layer
+    call = (lambda v, training, l=layer: l.portable_call(v, training)) if portable else layer
     with tf.GradientTape() as tape:
       tape.watch(x)
       out = call(x, training=True)
@@ -314,9 +227,4 @@ def test_portable_batch_norm_path_matches_the_fused_kernel():
     np.testing.assert_allclose(np.asarray(portable), np.asarray(fused), rtol=1e-5, atol=1e-5)
   half = FusedBatchNorm(dtype="mixed_float16")
   half.build(x.shape)
-  assert half._portable_call(tf.cast(x, tf.float16), True).dtype == tf.float16
-
-
-if __name__ == "__main__":
-  sys.path.insert(0, str(REPO))
-  STAGES[sys.argv[1]][1](pathlib.Path(sys.argv[2]))
+  assert half.portable_call(tf.cast(x, tf.float16), True).dtype == tf.float16

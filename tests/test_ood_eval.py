@@ -5,23 +5,24 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
+from types import SimpleNamespace
+from unittest import mock
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from baselines.ensemble import run_ensemble
-from mixmo_tf import data as data_lib
-from mixmo_tf import custom_loop, evaluate, ood, ood_data, tables, tfds_data, train
-from mixmo_tf.config import Config
-from mixmo_tf.predict import load_predictor, predict_dataset
-from tests.conftest import REPO
+from mixmo_tf import commands, evaluate, tables, training
+from mixmo_tf.data import datasets, ood_sets
+from mixmo_tf.evaluation import metrics, ood
+from mixmo_tf.evaluation import runs as eval_runs
+from mixmo_tf.evaluation.predict import load_predictor, predict_batches
+from mixmo_tf.run_folder import RunFolder
 from tests.helpers import offline, tiny_config
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
 ALL_SCORES = ["msp", "entropy", "mutual_information", "disagreement"]
 METRICS = {"auroc", "aupr_in", "aupr_out", "fpr95"}
 
@@ -31,14 +32,21 @@ def _write_png(path, array, mode=None):
   Image.fromarray(np.asarray(array, np.uint8), mode).save(path)
 
 
+def _noise_images(seed=0):
+  """{relative path: (pixels, PIL mode)} of `_noise_folder`, in the order an OOD folder lists
+  them: root/test's own files first, then its subfolders, sorted, depth first."""
+  rng = np.random.default_rng(seed)
+  a0, a1 = rng.integers(0, 256, (12, 12, 3)), rng.integers(0, 256, (8, 8))
+  b2, loose = rng.integers(0, 256, (8, 8, 4)), rng.integers(0, 256, (5, 9, 3))
+  return {"3.png": (loose, None), "a/0.png": (a0, None), "a/1.png": (a1, "L"),
+          "b/deeper/2.png": (b2, "RGBA")}
+
+
 def _noise_folder(root, seed=0):
   """A few PNGs of mixed sizes and modes, in class folders and loose, under root/test; a broken
   file under root/train shows that only root/test is read."""
-  rng = np.random.default_rng(seed)
-  _write_png(root / "test" / "a" / "0.png", rng.integers(0, 256, (12, 12, 3)))
-  _write_png(root / "test" / "a" / "1.png", rng.integers(0, 256, (8, 8)), "L")
-  _write_png(root / "test" / "b" / "deeper" / "2.png", rng.integers(0, 256, (8, 8, 4)), "RGBA")
-  _write_png(root / "test" / "3.png", rng.integers(0, 256, (5, 9, 3)))
+  for relative, (pixels, mode) in _noise_images(seed).items():
+    _write_png(root / "test" / relative, pixels, mode)
   os.makedirs(root / "train")
   (root / "train" / "broken.png").write_bytes(b"not an image")
   return f"folder:{root}"
@@ -49,20 +57,37 @@ def _sklearn_auroc(in_scores, out_scores):
   return roc_auc_score(labels, np.r_[in_scores, out_scores])
 
 
+def _error_line(err):
+  """The one `error: ...` line a command printed on stderr, its last line (log lines may come
+  before it)."""
+  lines = err.strip().splitlines()
+  assert [line for line in lines if line.startswith("error: ")] == lines[-1:], err
+  return lines[-1]
+
+
+def _test_logits(run_dir):
+  """(member logits, labels) of a run's test set through the one prediction path."""
+  predictor, folder = load_predictor(str(run_dir))
+  return predict_batches(predictor, datasets.load(folder.read_config()).test)
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  """Two trained digits runs: Cut-MixMo M = 2 and vanilla M = 1 (one epoch each)."""
+def trained(tmp_path_factory):
+  """Two trained digits runs (one epoch each): Cut-MixMo M = 2, trained with `--ood` on a noise
+  folder (`train_set`), and vanilla M = 1."""
   root = tmp_path_factory.mktemp("ood_runs")
-  train.run(tiny_config(root / "mixmo", epochs=1, lr_decay_epochs=()))
-  train.run(tiny_config(root / "vanilla", epochs=1, lr_decay_epochs=(), num_members=1,
-                        batch_repetitions=1, mixing="linear"))
-  return root / "mixmo", root / "vanilla"
+  train_set = _noise_folder(root / "train_noise", seed=5)
+  training.run(tiny_config(root / "mixmo", epochs=1, lr_decay_epochs=(), ood=(train_set,)))
+  training.run(tiny_config(root / "vanilla", epochs=1, lr_decay_epochs=(), num_members=1,
+                           batch_repetitions=1, mixing="linear"))
+  return SimpleNamespace(mixmo=root / "mixmo", vanilla=root / "vanilla", train_set=train_set)
 
 
-def test_evaluate_ood_folder_writes_metrics_table_and_plots(runs, tmp_path):
+def test_evaluate_ood_folder_writes_metrics_table_and_plots(trained, tmp_path):
   name = _noise_folder(tmp_path / "noise")
   out = tmp_path / "eval"
-  results = evaluate.evaluate_path(str(runs[0]), output_dir=str(out), plots=True, ood=(name,))
+  results = eval_runs.evaluate_run(str(trained.mixmo), output_dir=str(out), plots=True,
+                                   ood_names=(name,))
   saved = json.loads((out / "metrics.json").read_text())
   assert saved["ood"] == results["ood"] and list(saved["ood"]) == [name]
   assert sorted(saved["ood"][name]) == sorted(ALL_SCORES)
@@ -76,83 +101,118 @@ def test_evaluate_ood_folder_writes_metrics_table_and_plots(runs, tmp_path):
       assert image.size == (600, 400)
   assert (out / "ood_folder_noise_roc.png").exists()
   assert saved["top1"] == results["top1"]  # The in-distribution metrics are kept beside.
+  assert not (trained.mixmo / "metrics.json").exists()  # Everything went to --output_dir.
 
 
 def test_ood_set_is_resized_rgb_uint8_without_labels(tmp_path):
-  ds = ood_data.ood_dataset(_noise_folder(tmp_path / "noise"), None, (8, 8, 3))
-  images, labels = zip(*ds.as_numpy_iterator())
-  assert len(images) == 4 and all(i.shape == (8, 8, 3) and i.dtype == np.uint8 for i in images)
-  assert set(labels) == {ood_data.FOLDER_LABEL}
-  flat = ood_data.ood_dataset(f"folder:{tmp_path / 'noise' / 'test' / 'a'}", None, (8, 8, 3))
-  assert len(list(flat)) == 2  # No test/ subfolder: PATH itself.
+  name = _noise_folder(tmp_path / "noise")
+  examples = ood_sets.ood_set(name, None, (8, 8, 3))
+  assert isinstance(examples, datasets.InMemory)
+  assert examples.images.shape == (4, 8, 8, 3) and examples.images.dtype == np.uint8
+  assert examples.labels.dtype == np.int32
+  assert set(examples.labels) == {ood_sets.FOLDER_LABEL}
+  originals = [pixels for pixels, _ in _noise_images().values()]  # In listing order.
+  # 8x8 files keep their pixels: grey tiled to RGB, RGBA without its alpha.
+  np.testing.assert_array_equal(examples.images[2], np.repeat(originals[2][..., None], 3, -1))
+  np.testing.assert_array_equal(examples.images[3], originals[3][..., :3])
+  # Other sizes follow the one resize rule (bilinear, half-pixel centres, rounded).
+  from mixmo_tf.data.images import resize
+  for i in (0, 1):
+    expected = resize(originals[i][None].astype(np.uint8), 8)[0]
+    np.testing.assert_array_equal(examples.images[i], expected)
+  flat_name = f"folder:{tmp_path / 'noise' / 'test' / 'a'}"
+  assert ood_sets.folder_root(flat_name) == str(tmp_path / "noise" / "test" / "a")
+  assert ood_sets.folder_root(name) == str(tmp_path / "noise" / "test")
+  flat = ood_sets.ood_set(flat_name, None, (8, 8, 3))  # No test/ subfolder: PATH itself.
+  np.testing.assert_array_equal(flat.images, examples.images[1:3])
 
 
-def test_test_set_against_itself_gives_auroc_one_half(runs, tmp_path):
-  predictor, info, config = load_predictor(str(runs[0]))
-  _, test, _ = data_lib.load(Config.from_dict(config))
-  in_logits, labels = predict_dataset(predictor, test)
-  for i, (image, _) in enumerate(test.as_numpy_iterator()):  # Names keep the test order.
+def test_file_stems_are_safe_and_unique():
+  stems = ood_sets.file_stems(["folder:/data/x/noise", "folder:/other/noise/", "svhn_cropped",
+                               "folder:/a b/c&d"])
+  assert stems == {"folder:/data/x/noise": "folder_noise", "folder:/other/noise/": "folder_noise_2",
+                   "svhn_cropped": "svhn_cropped", "folder:/a b/c&d": "folder_c_d"}
+
+
+def test_test_set_against_itself_gives_auroc_one_half(trained, tmp_path):
+  predictor, folder = load_predictor(str(trained.mixmo))
+  test = datasets.load(folder.read_config()).test
+  in_logits, labels = predict_batches(predictor, test)
+  for i, image in enumerate(test.images):  # Names keep the test order.
     _write_png(tmp_path / "self" / f"{i:04d}.png", image)
   name = f"folder:{tmp_path / 'self'}"
-  out_logits = ood_data.ood_logits(predictor, ood_data.ood_datasets([name], None,
-                                                                    info.image_shape))[name]
-  np.testing.assert_array_equal(out_logits, in_logits)  # Lossless PNGs, same batches.
-  results = ood_data.ood_results(predictor, [name], None, info.image_shape, in_logits)
+  sets = ood_sets.ood_sets([name], None, folder.read_data_info().image_shape)
+  np.testing.assert_array_equal(sets[name].images, test.images)  # Lossless PNGs.
+  out_logits = eval_runs.ood_logits(predictor, sets)[name]
+  np.testing.assert_array_equal(out_logits, in_logits)  # Same images, same batches.
+  results = eval_runs.evaluate_run(str(trained.mixmo), output_dir=str(tmp_path / "eval"),
+                                   ood_names=(name,))
+  assert results["top1"] == pytest.approx(metrics.evaluate_logits(in_logits, labels)["top1"])
   in_scores = ood.uncertainty_scores(in_logits)
   out_scores = ood.uncertainty_scores(out_logits)
-  assert sorted(results[name]) == sorted(ALL_SCORES)
+  assert sorted(results["ood"][name]) == sorted(ALL_SCORES)
   for score in ALL_SCORES:  # Identical sets: every in-score has an equal out-score (ties = 1/2).
-    assert results[name][score]["auroc"] == pytest.approx(0.5, abs=1e-12), score
-    assert results[name][score]["auroc"] == pytest.approx(
+    assert results["ood"][name][score]["auroc"] == pytest.approx(0.5, abs=1e-12), score
+    assert results["ood"][name][score]["auroc"] == pytest.approx(
         _sklearn_auroc(in_scores[score], out_scores[score]), abs=1e-12), score
   assert len(labels) == len(out_logits)
 
 
-def test_vanilla_cli_gives_msp_and_entropy_only(runs, tmp_path):
+def test_vanilla_command_gives_msp_and_entropy_only(trained, tmp_path, capsys):
   name = _noise_folder(tmp_path / "noise")
   out = tmp_path / "eval"
-  proc = subprocess.run([sys.executable, "-m", "mixmo_tf.evaluate", str(runs[1]),
-                         f"--ood={name}", f"--output_dir={out}"],
-                        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  status = commands.call(evaluate, [str(trained.vanilla), f"--ood={name}", f"--output_dir={out}"])
+  printed = capsys.readouterr()
+  assert status == 0, printed.err[-3000:]
   saved = json.loads((out / "metrics.json").read_text())
   assert sorted(saved["ood"][name]) == ["entropy", "msp"]
-  assert f"| {name} | entropy |" in proc.stdout and "AUROC" in proc.stdout
+  assert printed.out.startswith(f"| vanilla | {100 * saved['top1']:.2f} |")
+  assert f"| {name} | entropy |" in printed.out and "AUROC" in printed.out
+  assert f"{100 * saved['ood'][name]['msp']['auroc']:.2f}" in printed.out
+  # A set listed twice: one line on stderr, exit status 1, nothing evaluated.
+  status = commands.call(evaluate, [str(trained.vanilla), f"--ood={name},{name}",
+                                    f"--output_dir={tmp_path / 'twice'}"])
+  assert status == 1 and _error_line(capsys.readouterr().err).startswith("error: --ood lists")
+  assert not (tmp_path / "twice").exists()
 
 
-def test_ensemble_pools_members_and_tables_compare_runs(runs, tmp_path, capsys):
+def test_ensemble_pools_members_and_tables_compare_runs(trained, tmp_path, capsys):
   name = _noise_folder(tmp_path / "noise")
   ens = tmp_path / "de"
-  for i, run in enumerate(runs):  # Trained already: run_ensemble only evaluates them.
+  for i, run in enumerate((trained.mixmo, trained.vanilla)):  # Trained: only evaluated here.
     shutil.copytree(run, ens / f"run_{i}")
-  results = run_ensemble(tiny_config(ens, ood=(name,)), num_runs=2, combine="logits")
+  with mock.patch.object(training, "run", lambda *a, **k: pytest.fail("a finished run trained")):
+    results = run_ensemble(tiny_config(ens, ood=(name,)), num_runs=2, combine="logits")
   got = results["ensemble"]["ood"][name]
   assert sorted(got) == sorted(ALL_SCORES)  # 2 + 1 pooled members.
-  pooled = {}
-  for part in ("in", "out"):
-    logits = []
-    for i in range(2):
-      predictor, info, config = load_predictor(str(ens / f"run_{i}"))
-      ds = (data_lib.load(Config.from_dict(config))[1] if part == "in" else
-            ood_data.ood_dataset(name, None, info.image_shape))
-      logits.append(predict_dataset(predictor, ds)[0])
-    pooled[part] = np.concatenate(logits, axis=1)
+  pooled = {"in": [], "out": []}
+  for i in range(2):
+    predictor, folder = load_predictor(str(ens / f"run_{i}"))
+    pooled["in"].append(predict_batches(predictor, datasets.load(folder.read_config()).test)[0])
+    pooled["out"].append(predict_batches(predictor, ood_sets.ood_set(
+        name, None, folder.read_data_info().image_shape))[0])
+  pooled = {part: np.concatenate(logits, axis=1) for part, logits in pooled.items()}
+  assert pooled["in"].shape[1] == pooled["out"].shape[1] == 3
   expected = ood.evaluate_ood(pooled["in"], pooled["out"])
   for score in ALL_SCORES:
     assert got[score] == pytest.approx(expected[score], abs=1e-12), score
   saved = json.loads((ens / "ensemble_results.json").read_text())
   assert saved["ensemble"]["ood"] == {name: got}
   assert (ens / "ood_table.md").read_text().count(name) == len(ALL_SCORES)
-  evaluate.evaluate_path(str(ens / "run_1"), ood=(name,))  # Vanilla: its metrics.json.
   capsys.readouterr()
-  tables.main([str(ens), str(ens / "run_0"), str(ens / "run_1"), "--ood"])
+  # The vanilla run holds no OOD results yet: one line on stderr, exit status 1.
+  assert tables.main([str(ens / "run_1"), "--ood"]) == 1
+  assert _error_line(capsys.readouterr().err).startswith("error: --ood: no run holds OOD results")
+  eval_runs.evaluate_run(str(ens / "run_1"), ood_names=(name,))  # Vanilla: its metrics.json.
+  assert tables.main([str(ens), str(ens / "run_0"), str(ens / "run_1"), "--ood"]) == 0
   printed = capsys.readouterr().out
   rows = [r for r in printed.splitlines() if name in r]
-  assert len(rows) == len(ALL_SCORES) + 2  # The ensemble's 4 scores, run_1's 2; run_0 has none.
+  assert len(rows) == len(ALL_SCORES) + 2  # The ensemble's 4 scores, run_1's 2.
   assert sum(r.startswith("| de |") for r in rows) == 4
   assert sum(r.startswith("| run_1 |") for r in rows) == 2
-  with pytest.raises(SystemExit, match="no run holds OOD results"):
-    tables.main([str(ens / "run_0"), "--ood"])
+  # run_0 was trained with --ood: its results.json's OOD results are tabulated too.
+  trained_rows = [r for r in printed.splitlines() if trained.train_set in r]
+  assert len(trained_rows) == 4 and all(r.startswith("| run_0 |") for r in trained_rows)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,7 +224,7 @@ def test_unreadable_image_is_named(tmp_path):
   (tmp_path / "set" / "bad.png").write_bytes(b"\x89PNG but truncated")
   bad = re.escape(str(tmp_path / "set" / "bad.png"))
   with pytest.raises(ValueError, match=f"Cannot decode image {bad}"):
-    ood_data.ood_dataset(f"folder:{tmp_path / 'set'}", None, (8, 8, 3))
+    ood_sets.ood_set(f"folder:{tmp_path / 'set'}", None, (8, 8, 3))
 
 
 def test_empty_or_missing_folder_is_named(tmp_path):
@@ -172,19 +232,22 @@ def test_empty_or_missing_folder_is_named(tmp_path):
   (tmp_path / "empty" / "test" / "notes.txt").write_text("no images here")
   empty = re.escape(str(tmp_path / "empty" / "test"))
   with pytest.raises(ValueError, match=f"OOD folder {empty} contains no images"):
-    ood_data.ood_dataset(f"folder:{tmp_path / 'empty'}", None, (8, 8, 3))
+    ood_sets.ood_set(f"folder:{tmp_path / 'empty'}", None, (8, 8, 3))
   with pytest.raises(ValueError, match="'/nonexistent/ood' is not an existing directory"):
-    ood_data.ood_dataset("folder:/nonexistent/ood", None, (8, 8, 3))
+    ood_sets.ood_set("folder:/nonexistent/ood", None, (8, 8, 3))
   with pytest.raises(ValueError, match="lists 'svhn_cropped' 2 times"):
-    ood_data.ood_datasets(["svhn_cropped", " svhn_cropped"], None, (8, 8, 3))
+    ood_sets.ood_sets(["svhn_cropped", " svhn_cropped"], None, (8, 8, 3))
+  assert ood_sets.check_names([" a", "", "folder:/b "]) == ("a", "folder:/b")
   with pytest.raises(ValueError, match="'no_such_set' is neither a TFDS dataset nor folder:PATH"):
-    ood_data.ood_dataset("no_such_set", str(tmp_path), (8, 8, 3))
+    ood_sets.ood_set("no_such_set", str(tmp_path), (8, 8, 3))
+  with pytest.raises(ValueError, match=r"square RGB model input.*\(8, 6, 3\)"):
+    ood_sets.ood_set(f"folder:{tmp_path / 'empty'}", None, (8, 6, 3))
 
 
 def test_unprepared_tfds_set_is_the_offline_error(tmp_path):
   data_dir = str(tmp_path / "tfds")
-  with offline(), pytest.raises(tfds_data.DatasetUnavailableError) as error:
-    ood_data.ood_dataset("svhn_cropped", data_dir, (8, 8, 3))
+  with offline(), pytest.raises(datasets.DatasetUnavailableError) as error:
+    ood_sets.ood_set("svhn_cropped", data_dir, (8, 8, 3))
   message = str(error.value)
   assert message.startswith("--ood='svhn_cropped': TFDS dataset 'svhn_cropped' is not prepared")
   assert f"--ood_data_dir={data_dir}" in message and "ConnectionError" in message
@@ -193,11 +256,11 @@ def test_unprepared_tfds_set_is_the_offline_error(tmp_path):
   assert error.value.__cause__ is None and error.value.__suppress_context__
 
 
-def test_bad_ood_set_fails_before_anything_is_written(runs, tmp_path):
+def test_bad_ood_set_fails_before_anything_is_written(trained, tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="contains no images"):
-    evaluate.evaluate_path(str(runs[0]), output_dir=str(tmp_path / "eval"),
-                           ood=(f"folder:{tmp_path / 'empty'}",))
+    eval_runs.evaluate_run(str(trained.mixmo), output_dir=str(tmp_path / "eval"),
+                           ood_names=(f"folder:{tmp_path / 'empty'}",))
   assert not (tmp_path / "eval").exists()
 
 
@@ -210,12 +273,12 @@ def test_real_cifar10_test_set_against_itself(cifar10_folder, tmp_path):
   config = tiny_config(tmp_path / "run", dataset="folder", data_dir=str(cifar10_folder),
                        train_subset=2000, epochs=1, lr_decay_epochs=(), batch_size=64,
                        eval_frequency=100)
-  train.run(config)
-  predictor, info, _ = load_predictor(str(tmp_path / "run"))
-  in_logits, _ = predict_dataset(predictor, data_lib.load(config)[1])
+  training.run(config)
+  predictor, folder = load_predictor(str(tmp_path / "run"))
+  in_logits, _ = predict_batches(predictor, datasets.load(config).test)
   name = f"folder:{cifar10_folder}"  # Its test/ split: the same 10,000 images.
-  out_logits = ood_data.ood_logits(predictor, ood_data.ood_datasets([name], None,
-                                                                    info.image_shape))[name]
+  out_logits = eval_runs.ood_logits(predictor, ood_sets.ood_sets(
+      [name], None, folder.read_data_info().image_shape))[name]
   results = ood.evaluate_ood(in_logits, out_logits)
   assert len(in_logits) == len(out_logits) == 10_000
   in_scores, out_scores = ood.uncertainty_scores(in_logits), ood.uncertainty_scores(out_logits)
@@ -226,18 +289,35 @@ def test_real_cifar10_test_set_against_itself(cifar10_folder, tmp_path):
         _sklearn_auroc(in_scores[score], out_scores[score]), abs=1e-12), score
 
 
-def test_train_ood_scores_at_the_end_and_matches_evaluate(tmp_path, monkeypatch):
+def test_train_ood_scores_at_the_end_and_matches_evaluate(trained, tmp_path):
   """`train --ood`: the sets are read before training (a bad one fails first) and scored at the
   end against the final test logits; the same figures as `evaluate --ood` on the finished run."""
-  ood_set = _noise_folder(tmp_path / "noise")
-  results = train.run(tiny_config(tmp_path / "run", max_steps=3, ood=(ood_set,)))
-  scores = results["ood"][ood_set]
-  assert set(scores) == {"msp", "entropy", "mutual_information", "disagreement"}
-  again = evaluate.evaluate_path(str(tmp_path / "run"), ood=(ood_set,))["ood"][ood_set]
+  results = RunFolder.open(str(trained.mixmo)).read_results()
+  scores = results["ood"][trained.train_set]
+  assert set(scores) == set(ALL_SCORES)
+  again = eval_runs.evaluate_run(str(trained.mixmo), output_dir=str(tmp_path / "eval"),
+                                 ood_names=(trained.train_set,))["ood"][trained.train_set]
   for score, values in scores.items():
-    for metric in ("auroc", "aupr_in", "aupr_out", "fpr95"):
+    assert set(values) == METRICS
+    for metric in METRICS:
       assert values[metric] == pytest.approx(again[score][metric], abs=1e-6), (score, metric)
-  monkeypatch.setattr(custom_loop.Trainer, "train_epoch", lambda *a: pytest.fail("trained"))
-  with pytest.raises(ValueError, match="missing"):
-    train.run(tiny_config(tmp_path / "bad", max_steps=3,
-                          ood=(f"folder:{tmp_path / 'missing'}",)))
+  # The same figures from the evaluated logits, by hand.
+  in_logits, _ = _test_logits(trained.mixmo)
+  predictor, folder = load_predictor(str(trained.mixmo))
+  out_logits = predict_batches(predictor, ood_sets.ood_set(
+      trained.train_set, None, folder.read_data_info().image_shape))[0]
+  expected = ood.evaluate_ood(in_logits, out_logits)
+  for score in ALL_SCORES:
+    assert again[score] == pytest.approx(expected[score], abs=1e-12), score
+
+  def no_layer(self, *args, **kwargs):  # A bad set stops the run before any model is built.
+    raise AssertionError(f"a Keras layer was built: {type(self).__name__}")
+
+  missing = re.escape(repr(str(tmp_path / "missing")))
+  for _ in range(2):  # The folder's lock is released: the second try fails the same way.
+    with mock.patch.object(keras.layers.Layer, "__init__", no_layer), \
+        pytest.raises(ValueError, match=f"{missing} is not an existing directory"):
+      training.run(tiny_config(tmp_path / "bad", max_steps=3,
+                               ood=(f"folder:{tmp_path / 'missing'}",)))
+  assert not RunFolder(str(tmp_path / "bad")).is_complete()
+  assert RunFolder(str(tmp_path / "bad")).latest_checkpoint() is None

@@ -1,13 +1,15 @@
-"""Tests of the plots (PAPER Fig. 4, docs/method.md §10.6) and of the corruption evaluation (10.4)."""
+"""Tests of the plots (PAPER Fig. 4, docs/method.md §10.6) and of the corruption evaluation (10.4):
+the released CIFAR-10-C / CIFAR-100-C .npy layout on every backend, CIFAR-10-C through TFDS."""
 
+import itertools
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from mixmo_tf import corruptions
-from mixmo_tf.evaluation import plots
+from mixmo_tf.data import corrupted
+from mixmo_tf.evaluation import corruptions, plots
 from mixmo_tf.models import build_model
 from tests.helpers import assert_non_blank_png
 
@@ -89,64 +91,131 @@ def _expected_nll(num_correct, num):
           + (num - num_correct) * -np.log(p_wrong + 1e-12)) / num
 
 
-def _write_cifar100_c(directory, names, per_severity=8):
-  blocks = [_fake_block(s, per_severity) for s in corruptions.SEVERITIES]
+def _write_released(directory, names, per_severity=8):
+  """A released CIFAR-10-C / CIFAR-100-C folder: `<name>.npy` [5B, 8, 8, 3] with severities 1..5
+  in blocks of B, and `labels.npy` [5B] (uint8, as in the releases)."""
+  blocks = [_fake_block(s, per_severity) for s in corrupted.SEVERITIES]
   images = np.concatenate([b[0] for b in blocks])
-  np.save(directory / "labels.npy", np.concatenate([b[1] for b in blocks]))
+  np.save(directory / "labels.npy", np.concatenate([b[1] for b in blocks]).astype(np.uint8))
   for name in names:
     np.save(directory / f"{name}.npy", images)
 
 
-def test_cifar100_c_pooled_metrics_match_hand_count(tmp_path):
-  names = ("fog", "zoom_blur")
-  _write_cifar100_c(tmp_path, names)
-  datasets = corruptions.cifar100_c_datasets(str(tmp_path), names)
-  results = corruptions.evaluate_corruptions(_constant_image_predictor(), datasets)
-  # Severity s has s correct of 8 per corruption: 2 x (1 + .. + 5) = 30 of 80.
-  assert results["num_examples"] == 80
-  assert results["top1"] == pytest.approx(30 / 80)
+def _check_hand_count(results, names, per_severity=8):
+  """Severity s has min(s, B) correct of B = `per_severity` per corruption (see _fake_block)."""
+  num = len(names) * len(corrupted.SEVERITIES) * per_severity
+  correct = len(names) * sum(min(s, per_severity) for s in corrupted.SEVERITIES)
+  assert results["num_examples"] == num
+  assert results["top1"] == pytest.approx(correct / num)
   assert results["top5"] == pytest.approx(1.0)  # A wrong answer still ranks the label second.
-  assert results["nll"] == pytest.approx(_expected_nll(30, 80), rel=1e-5)
-  assert sorted(results["per_corruption"]) == list(names)
+  assert results["nll"] == pytest.approx(_expected_nll(correct, num), rel=1e-5)
+  assert sorted(results["per_corruption"]) == sorted(names)
   for name in names:
-    for s in corruptions.SEVERITIES:
+    assert sorted(results["per_corruption"][name]) == list(corrupted.SEVERITIES)
+    for s in corrupted.SEVERITIES:
       entry = results["per_corruption"][name][s]
-      assert entry["num_examples"] == 8
-      assert entry["top1"] == pytest.approx(s / 8), (name, s)
+      assert entry["num_examples"] == per_severity
+      assert entry["top1"] == pytest.approx(min(s, per_severity) / per_severity), (name, s)
 
 
-def test_cifar100_c_file_errors(tmp_path):
-  _write_cifar100_c(tmp_path, ("fog",))
-  with pytest.raises(ValueError, match="snow.npy"):
-    corruptions.cifar100_c_datasets(str(tmp_path), ("fog", "snow"))
+def test_released_sets_yield_each_severity_block(tmp_path):
+  _write_released(tmp_path, ("fog", "zoom_blur"), per_severity=4)
+  sets = list(corrupted.released_sets(str(tmp_path), ("zoom_blur", "fog"), severities=(4, 2)))
+  assert [(name, s) for name, s, _, _ in sets] == [("zoom_blur", 4), ("zoom_blur", 2),
+                                                  ("fog", 4), ("fog", 2)]
+  for _, severity, images, labels in sets:
+    expected_images, expected_labels = _fake_block(severity, 4)
+    assert images.dtype == np.uint8 and images.shape == (4, 8, 8, 3)
+    assert labels.dtype == np.int32
+    np.testing.assert_array_equal(images, expected_images)
+    np.testing.assert_array_equal(labels, expected_labels)
+
+
+def test_released_folder_pooled_metrics_match_hand_count_for_both_kinds(tmp_path):
+  # Both releases share the .npy layout: the same folder read as either kind, all 19 files.
+  _write_released(tmp_path, corrupted.RELEASED_CORRUPTIONS, per_severity=2)
+  names = ("fog", "zoom_blur")
+  results = corruptions.evaluate_corruptions(
+      _constant_image_predictor(), corrupted.released_sets(str(tmp_path), names), "probs")
+  _check_hand_count(results, names, per_severity=2)
+  assert results["top1"] == pytest.approx(18 / 20)  # 2 x (1 + 2 + 2 + 2 + 2) of 2 x 5 x 2.
+  for kind in corrupted.KINDS:
+    results = corruptions.corruption_results(_constant_image_predictor(), kind, str(tmp_path))
+    assert results["ensemble"] == "logits"
+    _check_hand_count(results, corrupted.RELEASED_CORRUPTIONS, per_severity=2)
+
+
+def test_released_folder_file_errors(tmp_path):
+  _write_released(tmp_path, ("fog",))
+  with pytest.raises(ValueError, match="snow.npy"):  # Checked at the call, before any block.
+    corrupted.released_sets(str(tmp_path), ("fog", "snow"))
   np.save(tmp_path / "frost.npy", np.zeros((40, 8, 8), np.uint8))
   with pytest.raises(ValueError, match=r"frost\.npy.*\(40, 8, 8\)"):
-    corruptions.cifar100_c_datasets(str(tmp_path), ("frost",))
+    corrupted.released_sets(str(tmp_path), ("frost",))
+  np.save(tmp_path / "snow.npy", np.zeros((40, 8, 8, 3), np.float32))
+  with pytest.raises(ValueError, match=r"snow\.npy must hold uint8.*float32"):
+    corrupted.released_sets(str(tmp_path), ("snow",))
   with pytest.raises(ValueError, match="labels.npy"):
-    corruptions.cifar100_c_datasets(str(tmp_path / "missing"), ("fog",))
+    corrupted.released_sets(str(tmp_path / "missing"), ("fog",))
   with pytest.raises(ValueError, match="6"):
-    corruptions.cifar100_c_datasets(str(tmp_path), ("fog",), severities=(6,))
+    corrupted.released_sets(str(tmp_path), ("fog",), severities=(6,))
+  (tmp_path / "odd").mkdir()
+  np.save(tmp_path / "odd" / "labels.npy", np.zeros(12, np.uint8))
+  with pytest.raises(ValueError, match=r"multiple of 5.*\(12,\)"):
+    corrupted.released_sets(str(tmp_path / "odd"), ("fog",))
+
+
+def test_corrupted_sets_pick_the_source_and_name_bad_kinds(tmp_path):
+  with pytest.raises(ValueError, match="cifar10_c, cifar100_c"):
+    corrupted.corrupted_sets("imagenet_c", str(tmp_path))
+  with pytest.raises(ValueError, match="holds no labels.npy.*CIFAR-100-C"):
+    corrupted.corrupted_sets("cifar100_c", str(tmp_path))
+  _write_released(tmp_path, corrupted.RELEASED_CORRUPTIONS, per_severity=1)
+  for kind in corrupted.KINDS:  # A released folder is read as such, whichever the kind.
+    first = next(corrupted.corrupted_sets(kind, str(tmp_path)))
+    assert first[:2] == (corrupted.RELEASED_CORRUPTIONS[0], 1)
+  with pytest.raises(ValueError, match="'logits' or 'probs'"):
+    corruptions.corruption_results(_constant_image_predictor(), "cifar10_c", str(tmp_path),
+                                   mode="mean")
 
 
 def test_corruption_name_lists():
-  assert len(corruptions.CIFAR10_C_CORRUPTIONS) == 19
-  assert len(set(corruptions.CIFAR100_C_CORRUPTIONS)) == 19
-  with pytest.raises(ValueError, match="glass_blur"):
-    corruptions.cifar10_c_datasets(corruptions=("glass_blur",))
+  assert len(corrupted.CIFAR10_C_CORRUPTIONS) == len(set(corrupted.CIFAR10_C_CORRUPTIONS)) == 19
+  assert len(set(corrupted.CIFAR100_C_CORRUPTIONS)) == 19
+  assert len(set(corrupted.RELEASED_CORRUPTIONS)) == 19
+  # TFDS names two of the released files otherwise; the other 17 are the same.
+  assert set(corrupted.RELEASED_CORRUPTIONS) - set(corrupted.CIFAR10_C_CORRUPTIONS) == {
+      "elastic_transform", "glass_blur"}
+  assert set(corrupted.CIFAR10_C_CORRUPTIONS) - set(corrupted.RELEASED_CORRUPTIONS) == {
+      "elastic", "frosted_glass_blur"}
+  with pytest.raises(ValueError, match="glass_blur"):  # Checked at the call, before TFDS.
+    corrupted.tfds_cifar10_c_sets(corruptions=("glass_blur",))
+  with pytest.raises(ValueError, match="0"):
+    corrupted.tfds_cifar10_c_sets(corruptions=("fog",), severities=(0,))
 
 
 def test_cifar10_c_tfds_mock_counts_add_up():
   import tensorflow_datasets as tfds
   names, severities = ("brightness", "gaussian_noise"), (1, 2)
   with tfds.testing.mock_data(num_examples=8):
-    datasets = list(corruptions.cifar10_c_datasets(corruptions=names, severities=severities))
-    for _, _, ds in datasets:
-      assert ds.element_spec[0].dtype == tf.uint8 and ds.element_spec[1].dtype == tf.int32
-    results = corruptions.evaluate_corruptions(_constant_image_predictor(3), datasets)
+    sets = list(corrupted.tfds_cifar10_c_sets(corruptions=names, severities=severities))
+    # Without a released folder, cifar10_c is read through TFDS, in the TFDS names' order.
+    first = list(itertools.islice(corrupted.corrupted_sets("cifar10_c", ""), 2))
+  assert [(n, s) for n, s, _, _ in sets] == [(n, s) for n in names for s in severities]
+  assert [(n, s) for n, s, _, _ in first] == [("brightness", 1), ("brightness", 2)]
+  for _, _, images, labels in sets + first:
+    assert images.dtype == np.uint8 and images.shape == (8, 32, 32, 3)
+    assert labels.dtype == np.int32 and labels.shape == (8,)
+    assert labels.min() >= 0 and labels.max() < NUM_CLASSES
+  results = corruptions.evaluate_corruptions(_constant_image_predictor(3), sets)
   assert results["num_examples"] == 32
   assert sum(entry["num_examples"] for per in results["per_corruption"].values()
              for entry in per.values()) == 32
   assert set(results["per_corruption"]) == set(names)
+  # The fake predictor's answer for each image is known: the pooled Top-1 is their hit rate.
+  hits = [np.mean(images[:, 0, 0, 0].astype(np.int64) % NUM_CLASSES == labels)
+          for _, _, images, labels in sets]
+  assert results["top1"] == pytest.approx(np.mean(hits))
   assert 0.0 <= results["top1"] <= results["top5"] <= 1.0 and np.isfinite(results["nll"])
 
 
@@ -160,16 +229,21 @@ def test_cifar10_c_tfds_mock_deterministic_hand_count():
     return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels.astype(np.int64)})
 
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-    datasets = corruptions.cifar10_c_datasets(corruptions=("fog", "snow"), severities=(1, 2))
-    results = corruptions.evaluate_corruptions(_constant_image_predictor(), datasets, "probs")
-  assert results["num_examples"] == 32
+    sets = corrupted.tfds_cifar10_c_sets(corruptions=("fog", "snow"), severities=(1, 2))
+    results = corruptions.evaluate_corruptions(_constant_image_predictor(), sets, "probs")
+  assert results["num_examples"] == 32 and results["ensemble"] == "probs"
   assert results["top1"] == pytest.approx(6 / 32)  # 2 corruptions x (1 + 2) correct.
   assert results["nll"] == pytest.approx(_expected_nll(6, 32), rel=1e-5)
   assert results["per_corruption"]["snow"][2]["top1"] == pytest.approx(2 / 8)
 
 
-def test_empty_corruption_set_is_named():
-  empty = tf.data.Dataset.from_tensor_slices((np.zeros((0, 8, 8, 3), np.uint8),
-                                              np.zeros((0,), np.int32)))
+def test_empty_or_repeated_corruption_set_is_named():
+  empty = (np.zeros((0, 8, 8, 3), np.uint8), np.zeros((0,), np.int32))
   with pytest.raises(ValueError, match="Corruption 'fog' severity 3 has no examples"):
-    corruptions.evaluate_corruptions(_constant_image_predictor(), [("fog", 3, empty)])
+    corruptions.evaluate_corruptions(_constant_image_predictor(), [("fog", 3, *empty)])
+  block = _fake_block(1, 4)
+  with pytest.raises(ValueError, match="'fog' severity 1 was given twice"):
+    corruptions.evaluate_corruptions(_constant_image_predictor(),
+                                     [("fog", 1, *block), ("fog", 1, *block)])
+  with pytest.raises(ValueError, match="no \\(corruption, severity"):
+    corruptions.evaluate_corruptions(_constant_image_predictor(), [])

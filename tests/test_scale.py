@@ -10,9 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from mixmo_tf import custom_loop
 from tests.conftest import REPO
-from tests.helpers import tiny_config
+from tests.helpers import tf_engine_for, tiny_config, train_steps
 
 
 def _free_ports(n):
@@ -56,23 +55,25 @@ def test_multi_worker_two_processes_identical_weights_chief_checkpoints(tmp_path
   assert "ckpt-6.index" in checkpoints
   leftovers = [p for p in out.glob("tmp_worker_*") if any(p.iterdir())]
   assert not leftovers, leftovers  # the non-chief's throw-away copies are gone
-  assert json.loads((out / "results.json").read_text())["global_step"] == 6
+  results = json.loads((out / "results.json").read_text())
+  assert results["global_step"] == 6 and results["engine"] == "custom"
+  assert json.loads((out / "config.json").read_text())["strategy"] == "multi_worker"
 
 
 @pytest.mark.parametrize("overrides", [dict(precision="mixed_bfloat16"), dict(jit_compile=True)],
                          ids=["bfloat16", "xla"])
 def test_precision_and_xla_train_with_finite_decreasing_loss(overrides, tmp_path):
-  trainer = custom_loop.build_trainer(tiny_config(tmp_path, max_steps=60, log_every_steps=10,
-                                      lr_warmup_epochs=0.1, base_learning_rate=0.8, **overrides))
+  engine, data, folder = tf_engine_for(tiny_config(
+      tmp_path, log_every_steps=10, lr_warmup_epochs=0.1, base_learning_rate=0.8, **overrides))
   try:
-    trainer.train_epoch(0, 0)
+    losses = np.array([loss for loss, _ in train_steps(engine, data, 60)])
   finally:
-    import keras
-    keras.mixed_precision.set_dtype_policy("float32")
-  losses = np.array(trainer.loss_history)
+    folder.release()
+  assert engine.global_step == 60
   assert len(losses) == 60 and np.all(np.isfinite(losses))
   assert losses[-20:].mean() < 0.95 * losses[:20].mean(), (losses[:20].mean(), losses[-20:].mean())
   assert np.polyfit(np.arange(60), losses, 1)[0] < 0  # a falling trend, not one lucky window
   if "precision" in overrides:
-    assert trainer.model.get_layer("group1_block1_conv1").compute_dtype == "bfloat16"
-    assert trainer.model.get_layer("heads").variable_dtype == "float32"
+    assert engine.network.get_layer("group1_block1_conv1").compute_dtype == "bfloat16"
+    assert engine.network.get_layer("heads").variable_dtype == "float32"
+    assert all(v.dtype == "float32" for v in engine.network.trainable_variables)

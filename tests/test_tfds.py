@@ -17,11 +17,12 @@ from unittest import mock
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tests.helpers import offline, tiny_config
-from mixmo_tf import corruptions, tfds_data, train
+from mixmo_tf import training
+from mixmo_tf.data import corrupted, datasets, tfds as data_tfds
+from mixmo_tf.evaluation import corruptions
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"
@@ -105,7 +106,7 @@ def _fake_download(url, extracted):
 
 def _prepare(name, url, extracted, data_dir):
   with _fake_download(url, extracted) as calls:
-    tfds_data.prepared_builder(name, str(data_dir))
+    data_tfds.prepared_builder(name, str(data_dir))
   assert calls == [url]
 
 
@@ -126,55 +127,66 @@ def test_prepare_path_modules_import():
 
 def test_cifar10_real_builder_prepares_fake_archive(tmp_path):
   test_images, test_labels = _write_cifar10(tmp_path / "extracted")
-  with _fake_download(CIFAR10_URL, tmp_path / "extracted"):
-    train_ds, num_train, num_classes = tfds_data.load_split("cifar10", "train",
-                                                            str(tmp_path / "tfds"))
-    test_ds, num_test, _ = tfds_data.load_split("cifar10", "test", str(tmp_path / "tfds"))
-  assert (num_train, num_test, num_classes) == (50, 10, 10)
-  assert train_ds.element_spec[0].dtype == tf.uint8 and train_ds.element_spec[1].dtype == tf.int32
-  images, labels = zip(*test_ds.as_numpy_iterator())
+  with _fake_download(CIFAR10_URL, tmp_path / "extracted") as calls:
+    train_x, train_y, num_classes = data_tfds.load_split("cifar10", "train",
+                                                         str(tmp_path / "tfds"))
+    images, labels, test_classes = data_tfds.load_split("cifar10", "test", str(tmp_path / "tfds"))
+  assert len(calls) == 1  # Prepared once for both splits.
+  assert (len(train_y), len(labels), num_classes, test_classes) == (50, 10, 10, 10)
+  assert train_x.dtype == images.dtype == np.uint8 and train_y.dtype == labels.dtype == np.int32
+  assert train_x.shape == (50, 32, 32, 3) and images.shape == (10, 32, 32, 3)
+  np.testing.assert_array_equal(np.bincount(train_y), [5] * 10)  # One per class per batch file.
   order = np.argsort(labels)  # TFDS may shuffle examples when writing.
-  np.testing.assert_array_equal(np.array(labels)[order], test_labels)
-  np.testing.assert_array_equal(np.stack(images)[order], test_images)
-  assert len(list(train_ds)) == 50
+  np.testing.assert_array_equal(labels[order], test_labels)
+  np.testing.assert_array_equal(images[order], test_images)
+  # The files' fixed order: read twice, the same arrays.
+  again, again_labels, _ = data_tfds.load_split("cifar10", "test", str(tmp_path / "tfds"))
+  np.testing.assert_array_equal(again, images)
+  np.testing.assert_array_equal(again_labels, labels)
 
 
 def test_cifar100_real_builder_then_two_training_steps(tmp_path):
   test_images, test_labels = _write_cifar100(tmp_path / "extracted")
   data_dir = tmp_path / "tfds"
   _prepare("cifar100", CIFAR100_URL, tmp_path / "extracted", data_dir)
-  test_ds, num_test, num_classes = tfds_data.load_split("cifar100", "test", str(data_dir))
-  assert (num_test, num_classes) == (12, 100)
-  labels = np.array([label for _, label in test_ds.as_numpy_iterator()])
-  images = np.stack([image for image, _ in test_ds.as_numpy_iterator()])
+  images, labels, num_classes = data_tfds.load_split("cifar100", "test", str(data_dir))
+  assert (len(labels), num_classes) == (12, 100)
   order, expected = np.argsort(labels, kind="stable"), np.argsort(test_labels, kind="stable")
-  np.testing.assert_array_equal(labels[order], test_labels[expected])
+  np.testing.assert_array_equal(labels[order], test_labels[expected])  # The fine labels.
   np.testing.assert_array_equal(images[order], test_images[expected])
-  with offline():  # Prepared: training must not touch the network.
-    results = train.run(tiny_config(tmp_path / "run", dataset="cifar100", data_dir=str(data_dir),
-                                    max_steps=2, depth=10, width=1))
+  config = tiny_config(tmp_path / "run", dataset="cifar100", data_dir=str(data_dir), max_steps=2,
+                       depth=10, width=1)
+  with offline():  # Prepared: reading and training must not touch the network.
+    data = datasets.load(config)
+    results = training.run(config)
+  assert (data.info.num_classes, data.info.num_train, data.info.num_test) == (100, 64, 12)
+  assert data.info.image_shape == (32, 32, 3) and data.info.mean == datasets.CIFAR_MEAN
+  np.testing.assert_array_equal(data.test.images, images)  # The one reading order.
   assert results["global_step"] == 2
   assert 0.0 <= results["top1"] <= 1.0
+  assert sum(k.startswith("top1_member_") for k in results) == config.num_members
 
 
 def test_cifar10_c_real_builder_and_evaluate_corruptions(tmp_path):
   labels = _write_cifar10_c(tmp_path / "extracted", "elastic_transform")  # Config "elastic".
   data_dir = tmp_path / "tfds"
   _prepare("cifar10_corrupted/elastic_3", CIFAR10_C_URL, tmp_path / "extracted", data_dir)
-  datasets = list(corruptions.cifar10_c_datasets(str(data_dir), corruptions=("elastic",),
-                                                 severities=(3,)))
-  assert [(name, severity) for name, severity, _ in datasets] == [("elastic", 3)]
-  ds = datasets[0][2]
-  assert ds.element_spec[0].dtype == tf.uint8 and ds.element_spec[1].dtype == tf.int32
-  images, got = zip(*ds.as_numpy_iterator())
+  # No labels.npy under the TFDS data_dir: --corruptions=cifar10_c reads it through TFDS.
+  assert not corrupted.is_released_folder(str(data_dir))
+  sets = list(corrupted.tfds_cifar10_c_sets(str(data_dir), corruptions=("elastic",),
+                                            severities=(3,)))
+  assert [(name, severity) for name, severity, _, _ in sets] == [("elastic", 3)]
+  images, got = sets[0][2:]
+  assert images.dtype == np.uint8 and images.shape == (len(labels), 32, 32, 3)
+  assert got.dtype == np.int32
   assert sorted(got) == sorted(labels)
-  assert np.all(np.stack(images) == 30)  # Severity 3's block.
+  assert np.all(images == 30)  # Severity 3's block.
 
   def predictor(images):  # Two members whose mean logits rank class 0 first, class 1 second.
     logits = np.zeros((len(images), 2, 10), np.float32)
     logits[:, 0, 0], logits[:, 1, 1] = 5.0, 3.0
-    return tf.constant(logits)
-  results = corruptions.evaluate_corruptions(predictor, datasets)
+    return logits
+  results = corruptions.evaluate_corruptions(predictor, sets)
   assert results["num_examples"] == len(labels)
   assert results["per_corruption"]["elastic"][3]["num_examples"] == len(labels)
   assert results["top1"] == pytest.approx(np.mean(labels == 0))
@@ -183,7 +195,7 @@ def test_cifar10_c_real_builder_and_evaluate_corruptions(tmp_path):
 
 def _check_unavailable(error, name, flag, data_dir):
   message = str(error.value)
-  assert isinstance(error.value, ValueError)
+  assert isinstance(error.value, ValueError)  # A user's error: one line from the commands.
   assert f"'{name}'" in message and f"{flag}={data_dir}" in message
   assert "could not be downloaded" in message and "ConnectionError" in message
   assert f"tfds build {name.split('/')[0]} --data_dir=DIR" in message
@@ -197,17 +209,33 @@ def test_offline_training_dataset_one_clear_error(tmp_path):
     raise AssertionError(f"a Keras layer was built: {type(self).__name__}")
 
   with offline(), mock.patch.object(keras.layers.Layer, "__init__", no_layer), \
-      pytest.raises(tfds_data.DatasetUnavailableError) as error:
-    train.run(tiny_config(tmp_path / "run", dataset="cifar100", data_dir=data_dir, max_steps=2))
+      pytest.raises(datasets.DatasetUnavailableError) as error:
+    training.run(tiny_config(tmp_path / "run", dataset="cifar100", data_dir=data_dir,
+                             max_steps=2))
   _check_unavailable(error, "cifar100", "--data_dir", data_dir)
   assert "--dataset=folder" in str(error.value)
 
 
+def test_offline_cifar10_c_training_fails_before_training(tmp_path):
+  # --corruptions=cifar10_c without a released folder: TFDS's copy is checked at the start, not
+  # after the training it would otherwise waste.
+  data_dir = str(tmp_path / "tfds")
+  def no_layer(self, *args, **kwargs):
+    raise AssertionError(f"a Keras layer was built: {type(self).__name__}")
+
+  with offline(), mock.patch.object(keras.layers.Layer, "__init__", no_layer), \
+      pytest.raises(datasets.DatasetUnavailableError) as error:
+    training.run(tiny_config(tmp_path / "run", corruptions="cifar10_c", corruptions_dir=data_dir,
+                             max_steps=2))
+  _check_unavailable(error, "cifar10_corrupted/brightness_1", "--corruptions_dir", data_dir)
+  assert "--corruptions=none" in str(error.value)
+
+
 def test_offline_cifar10_c_one_clear_error(tmp_path):
   data_dir = str(tmp_path / "tfds")
-  datasets = corruptions.cifar10_c_datasets(data_dir, corruptions=("fog",), severities=(1,))
-  with offline(), pytest.raises(tfds_data.DatasetUnavailableError) as error:
-    next(datasets)
+  sets = corrupted.tfds_cifar10_c_sets(data_dir, corruptions=("fog",), severities=(1,))
+  with offline(), pytest.raises(datasets.DatasetUnavailableError) as error:
+    next(sets)
   _check_unavailable(error, "cifar10_corrupted/fog_1", "--corruptions_dir",
                      data_dir)
   assert "--corruptions=none" in str(error.value)
@@ -219,13 +247,13 @@ def test_failed_download_is_one_clear_error(tmp_path):
     raise tfds.download.DownloadError(f"Failed to get url {url_or_urls}. HTTP code: 503.")
 
   with mock.patch.object(tfds.download.DownloadManager, "download_and_extract", fail), \
-      pytest.raises(tfds_data.DatasetUnavailableError, match="HTTP code: 503") as error:
-    tfds_data.load_split("cifar10", "train", str(tmp_path))
+      pytest.raises(datasets.DatasetUnavailableError, match="HTTP code: 503") as error:
+    data_tfds.load_split("cifar10", "train", str(tmp_path))
   assert CIFAR10_URL in str(error.value)
 
 
 def test_prepared_copy_is_used_offline_never_downloaded(tmp_path):
-  _write_cifar100(tmp_path / "extracted")
+  _, expected_test_labels = _write_cifar100(tmp_path / "extracted")
   _prepare("cifar100", CIFAR100_URL, tmp_path / "extracted", tmp_path / "elsewhere")
   copy = tmp_path / "copied"  # As after copying the prepared folder from another machine.
   shutil.copytree(tmp_path / "elsewhere" / "cifar100", copy / "cifar100")
@@ -235,8 +263,30 @@ def test_prepared_copy_is_used_offline_never_downloaded(tmp_path):
 
   with offline(), mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
                                      no_download):
-    test_ds, num_test, num_classes = tfds_data.load_split("cifar100", "test", str(copy))
-    _, num_train, _ = tfds_data.load_split("cifar100", "train", str(copy))
-  assert (num_train, num_test, num_classes) == (64, 12, 100)
-  assert len(list(test_ds)) == 12
+    test_x, test_y, num_classes = data_tfds.load_split("cifar100", "test", str(copy))
+    _, train_y, _ = data_tfds.load_split("cifar100", "train", str(copy))
+  assert (len(train_y), len(test_y), num_classes) == (64, 12, 100)
+  assert test_x.shape == (12, 32, 32, 3)
+  assert sorted(test_y) == sorted(expected_test_labels)
   assert not os.path.exists(copy / "downloads")
+
+
+@pytest.mark.parametrize("network", ["fail", "hang"])
+def test_offline_download_stops_within_30_seconds_with_the_one_message(tmp_path, network):
+  """The README's `--dataset=cifar100 --mixing=cutmix` on a machine with no route out (a socket
+  guard: name lookups fail, or connections hang): one message, no traceback, within 30 s of the
+  process start (TFDS alone retried for 212 s, and a hanging connection hung for ever)."""
+  import time
+
+  from tests.conftest import REPO
+  from tests.helpers import run_python
+  guard = str(REPO / "tests" / "scripts" / "socket_guard")
+  start = time.time()
+  out = run_python(["-m", "mixmo_tf.train", "--dataset=cifar100", "--mixing=cutmix",
+                    f"--data_dir={tmp_path / 'tfds'}", f"--output_dir={tmp_path / 'run'}"],
+                   env={"PYTHONPATH": f"{REPO}{os.pathsep}{guard}", "GUARD_DNS": network},
+                   timeout=120, check=False)
+  elapsed = time.time() - start
+  assert elapsed < 30, (elapsed, out[-2000:])
+  assert "error: TFDS dataset 'cifar100' is not prepared" in out and "Traceback" not in out
+  assert "tfds build cifar100" in out and "--dataset=folder" in out

@@ -1,10 +1,10 @@
 """The package on Keras' PyTorch backend, without TensorFlow (skipped where torch is not installed).
 
-Two subprocesses run with KERAS_BACKEND=torch and TensorFlow refused (a None entry in sys.modules
-per name: imports raise ModuleNotFoundError, `importlib.util.find_spec` answers None, which
-torch._dynamo's import-time probe needs):
+Two subprocesses run with KERAS_BACKEND=torch and TensorFlow refused (tests/scripts/
+without_modules.py: a None entry in sys.modules per name, which torch._dynamo's import-time probe
+reads as "not installed"):
 
-- tests/test_backends.py's check script: the sampler statistics and the member_batch / w_r wiring
+- tests/test_backends.py's checks: the sampler statistics and the member_batch / w_r wiring
   checks that it runs under JAX, here eagerly.
 - this file as a script (`python tests/test_torch_backend.py OUT`): 64-bit seeds and the rng
   checks, FusedBatchNorm's keras.ops path, PyTorchSGD against torch.optim.SGD, MSDA, a short
@@ -18,23 +18,21 @@ Each prints one "OK <check>" line per check.
 
 import importlib.util
 import json
-import os
 import pathlib
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-import test_backends
-from test_keras_trainer import (CLASSES, SEED, SIZE, UNIQUE, given_batch_steps, learnable_data,
-                                tiny_network, tiny_spec, write_given_batch_steps)
+from tests import test_backends
+from tests.helpers import run_without_tensorflow
+from tests.test_keras_trainer import (CLASSES, SEED, SIZE, UNIQUE, given_batch_steps,
+                                      learnable_data, tiny_network, tiny_spec,
+                                      write_given_batch_steps)
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                 reason="PyTorch is not installed (KERAS_BACKEND=torch checks)")
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-BLOCKED = ("tensorflow", "tensorflow_probability", "tensorflow_datasets")
 TOLERANCE = 1e-4  # Member logits across backends.
 CHECKS = ("no tensorflow import", "64-bit seeds and rng draws", "batch norm keras.ops path",
           "PyTorchSGD matches torch.optim.SGD", "member_batch with MSDA",
@@ -43,21 +41,15 @@ CHECKS = ("no tensorflow import", "64-bit seeds and rng draws", "batch norm kera
 FIT_STEPS = 3
 
 
-def _torch_env():
-  """The subprocess environment. One OpenMP thread unless set: on a busy 2-core machine torch's
-  2 threads made one 8x8 convolution 30x slower (7.8 ms against 0.27 ms)."""
-  env = dict(os.environ, KERAS_BACKEND="torch", PYTHONPATH=os.pathsep.join(
-      filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-  env.setdefault("OMP_NUM_THREADS", "1")
-  return env
+# One OpenMP thread: on a busy 2-core machine torch's 2 threads made one 8x8 convolution 30x
+# slower (7.8 ms against 0.27 ms).
+TORCH_ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def test_sampler_checks_under_torch():
-  result = test_backends.run_script("torch", _torch_env())
-  assert result.returncode == 0, result.stdout + result.stderr[-5000:]
-  lines = result.stdout.splitlines()
+  out = run_without_tensorflow(["tests/test_backends.py"], backend="torch", env=TORCH_ENV)
   for check in test_backends.backend_checks("torch"):
-    assert f"OK {check}" in lines, (check, result.stdout)
+    assert f"OK {check}" in out.splitlines(), (check, out[-3000:])
 
 
 def _member_logits(model, folded, x):
@@ -72,27 +64,27 @@ def test_torch_fit_and_models_saved_across_backends(tmp_path):
 
   import mixmo_tf.models  # noqa: F401  (registers the serializable classes)
   from mixmo_tf.core import step as step_lib
-  from test_model_backends import _perturb
+  from tests.test_model_backends import perturb
   network = tiny_network()
   gen = np.random.default_rng(4)
-  _perturb(network, gen)
+  perturb(network, gen)
   x = gen.normal(size=(5, SIZE, SIZE, 3)).astype(np.float32)
   plain, folded = _member_logits(network, network.folded(), x)
   network.save(tmp_path / "parent.keras")
   np.savez(tmp_path / "parent.npz", x=x, plain=plain, folded=folded)
   images, labels = learnable_data(UNIQUE, seed=3)
-  seed, batch_seed = step_lib.step_seeds(np.array([SEED, 0x5EED], np.int32), 0, 0)
+  from mixmo_tf.core import seeds
+  seed, batch_seed = step_lib.step_seeds(seeds.step_root(SEED), 0, 0)
   batch = step_lib.member_batch(tiny_spec(network), images, labels, (), seed, batch_seed, 0.5)
   arrays = [np.asarray(v) for v in list(batch.inputs) + [batch.masks, batch.targets, batch.kappa]]
   np.savez(tmp_path / "step_batch.npz", *arrays)
   initial = [np.asarray(w, np.float64) for w in network.get_weights()]
   parent_weights = given_batch_steps(network, arrays)
 
-  result = subprocess.run([sys.executable, __file__, str(tmp_path)], cwd=REPO, env=_torch_env(),
-                          capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stdout + result.stderr[-5000:]
+  out = run_without_tensorflow(["tests/test_torch_backend.py", str(tmp_path)], backend="torch",
+                               env=TORCH_ENV)
   for check in CHECKS:
-    assert f"OK {check}" in result.stdout.splitlines(), (check, result.stdout)
+    assert f"OK {check}" in out.splitlines(), (check, out[-3000:])
   report = json.loads((tmp_path / "torch_report.json").read_text())
   print(f"\ntorch: fit losses {report['losses']}, weights moved {report['moved']:.3g}; "
         f"{keras.backend.backend()} -> torch max |logit difference| "
@@ -221,15 +213,11 @@ def _fit(initial, steps):
 
 
 def _torch_main(out: pathlib.Path):
-  sys.modules.update(dict.fromkeys(BLOCKED))  # Before Keras or the project is imported.
   import keras
 
   import mixmo_tf  # The package itself must load without TensorFlow.
-  from test_keras_trainer import max_weight_difference
+  from tests.test_keras_trainer import max_weight_difference
   assert keras.backend.backend() == "torch" and mixmo_tf.__version__, keras.backend.backend()
-  loaded = sorted(m for m, module in sys.modules.items()
-                  if m.split(".")[0] in BLOCKED and module is not None)
-  assert not loaded, loaded
   print("OK no tensorflow import", flush=True)
   _check_rng()
   print("OK 64-bit seeds and rng draws", flush=True)
@@ -272,4 +260,5 @@ def _torch_main(out: pathlib.Path):
 
 
 if __name__ == "__main__":
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
   _torch_main(pathlib.Path(sys.argv[1]))

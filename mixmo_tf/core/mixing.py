@@ -1,7 +1,7 @@
 """Mixing block of MixMo (Ramé et al., ICCV 2021, Sec. 3): mask samplers and `MixingLayer`.
 
 Sampling is split from applying (as Keras' CutMix/MixUp do): `sample_masks` draws per-example
-masks and their realised ratios with `keras.ops` on stateless seeds (`mixmo_tf.rng`), so one copy
+masks and their realised ratios with `keras.ops` on stateless seeds (`mixmo_tf.core.rng`), so one copy
 serves every Keras backend and traces in `tf.function` and `jax.jit`; `MixingLayer` applies them
 to the M stem feature maps. Masks live on the stems' output grid (docs/method.md §12.1).
 

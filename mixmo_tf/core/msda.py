@@ -4,7 +4,7 @@ docs/method.md §8: each example is mixed with probability p with a partner draw
 training set, lambda ~ Beta(alpha, alpha). CutMix keeps the example inside the box (lambda := box
 area). Combined with MixMo (Sec. 4.2), lambda is re-estimated on what survives the member's feature
 mask, and the paste is reversed when the example would hold less than half of the visible area.
-Written in `keras.ops` (+ `mixmo_tf.rng`): one copy for every Keras backend.
+Written in `keras.ops` (+ `mixmo_tf.core.rng`): one copy for every Keras backend.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Learning-rate and patch-probability schedules of the official MixMo runs (docs/method.md §4, §7).
 
-In `keras.ops`: the TensorFlow loop, its optimizer and any other Keras backend share them.
+In `keras.ops`: both engines, their optimizers and every Keras backend share them.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ class StepSpec:
   std: Tuple[float, ...]
   mask_shape: Tuple[int, int]  # The stems' output grid (h, w), where masks live (§12.1).
   augmix: Tuple[int, ...] = ()  # () off, or (width, max depth, severity) (§9).
+  l2_scope: str = "all"  # "kernels": kernels and biases only (UB's ImageNet recipe, §5).
 
   @classmethod
   def create(cls, config, info, mask_shape, num_replicas: int = 1) -> "StepSpec":
@@ -58,7 +59,7 @@ class StepSpec:
                crop_padding=info.crop_padding, flip=info.flip, mean=tuple(info.mean),
                std=tuple(info.std), mask_shape=tuple(mask_shape),
                augmix=((config.augmix_width, config.augmix_depth, config.augmix_severity)
-                       if config.augmix else ()))
+                       if config.augmix else ()), l2_scope=config.l2_scope)
 
 
 class MemberBatch(NamedTuple):
@@ -177,6 +178,8 @@ def replica_loss(spec: StepSpec, logits, targets, kappa, variables, global_batch
   loss = ops.sum(per_example) / (spec.global_batch_size if global_batch_size is None
                                  else global_batch_size)
   if spec.l2:
+    if spec.l2_scope == "kernels":  # Convolution / dense kernels and biases, not BN's scales.
+      variables = [v for v in variables if v.name.endswith(("kernel", "bias"))]
     loss = loss + spec.l2 * losses.l2_penalty(variables) / spec.num_replicas
   return loss
 

@@ -21,7 +21,8 @@ class EpochBatches:
   """Random access to the unique training batches of every epoch of `examples`.
 
   Args:
-    examples: `data.datasets.InMemory` (or anything with `__len__` and `take(indices)`).
+    examples: `data.datasets.InMemory`, `data.image_files.ImageFiles` (streamed), or anything
+      with `__len__` and `take(indices, epoch)`.
     unique_batch_size: B/b, the unique examples per step.
     seed: the run seed (the root of the data order).
     partner_batch_size: M x B MSDA partners per batch (0: none).
@@ -64,13 +65,22 @@ class EpochBatches:
     if not 0 <= index < self.num_batches:
       raise IndexError(f"batch index {index} out of range [0, {self.num_batches}).")
     size = self.unique_batch_size
-    own = self.examples.take(self._order(epoch, 0)[index * size:(index + 1) * size])
+    own = self.examples.take(self._order(epoch, 0)[index * size:(index + 1) * size], epoch)
     if not self.partner_batch_size:
       return own, ()
     p = self.partner_batch_size
-    return own, self.examples.take(self._order(epoch, 1)[index * p:(index + 1) * p])
+    return own, self.examples.take(self._order(epoch, 1)[index * p:(index + 1) * p], epoch)
 
   def span(self, epoch: int, first: int, count: int) -> Iterator[Tuple]:
     """Batches first .. first + count - 1 of `epoch`, in order."""
     for index in range(first, first + count):
       yield self.batch(epoch, index)
+
+
+def training_batches(examples, unique_batch_size: int, seed: int, partner_batch_size: int = 0):
+  """The run's training batches: `EpochBatches` over examples with random access (in memory or
+  image files), or a stream's own batches (`data.tfds.TFDSStream.epoch_batches`). Both have
+  `num_batches` and `span(epoch, first, count)`."""
+  if hasattr(examples, "epoch_batches"):
+    return examples.epoch_batches(unique_batch_size, seed, partner_batch_size)
+  return EpochBatches(examples, unique_batch_size, seed, partner_batch_size)

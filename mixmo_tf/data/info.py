@@ -1,6 +1,6 @@
 """`DataInfo`: what the driver, evaluation and export need to know about a dataset, and its JSON.
 
-TensorFlow-free, so that evaluation tools and other backends can read a run's `data_info.json`.
+Plain JSON: every reader of a run (evaluation, export, other backends) loads `data_info.json`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ class DataInfo:
   crop_padding: int  # Random crop after zero padding by this many pixels (0: no crop).
   flip: bool  # Random horizontal flips.
   class_names: Tuple[str, ...] = ()
+  # "imagenet": random resized crops drawn by the loader, centre crops at test (`image_files`).
+  loader_crop: str = ""
 
   def resized(self, size: int) -> "DataInfo":
     """The same dataset resized to size x size: the crop padding scales with the image (a

@@ -60,7 +60,7 @@ def _tfds_test_split(name: str, data_dir: Optional[str], size: int) -> InMemory:
   import tensorflow_datasets as tfds_lib
 
   from mixmo_tf.data import tfds
-  from mixmo_tf.data.datasets import DatasetUnavailableError
+  from mixmo_tf.data.errors import DatasetUnavailableError
   try:
     images, labels, _ = tfds.load_split(name, "test", data_dir or None, image_size=size)
   except tfds_lib.core.DatasetNotFoundError:

@@ -10,6 +10,7 @@ batches. A serving SavedModel is one more source where TensorFlow is importable.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Iterable, Optional, Tuple
 
@@ -23,6 +24,10 @@ def normalise(images, mean, std) -> np.ndarray:
   same float32 operations, in the same order, as `core.augment.normalize` in the train step."""
   x = np.asarray(images).astype(np.float32) / np.float32(255.0)
   return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def _forward(network, num_inputs: int, x):
+  return network([x] * num_inputs, training=False)
 
 
 class Predictor:
@@ -43,11 +48,16 @@ class Predictor:
   @classmethod
   def from_network(cls, network, info) -> "Predictor":
     import keras
+
+    from mixmo_tf.models import adapt_info
+    info = adapt_info(network, info)  # The normalisation the network expects (idempotent).
     mean, std = tuple(info.mean), tuple(info.std)
     num_inputs = getattr(network, "num_inputs", network.num_members)
     if keras.backend.backend() == "tensorflow":
       import tensorflow as tf
-      forward = tf.function(lambda x: network([x] * num_inputs, training=False),
+      # A partial, not a lambda: TensorFlow counts traces per code object and warns of retracing
+      # once a process builds a few predictors.
+      forward = tf.function(functools.partial(_forward, network, num_inputs),
                             reduce_retracing=True)
       run = lambda x: forward(x).numpy()
     else:

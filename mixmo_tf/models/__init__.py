@@ -1,10 +1,15 @@
-"""The networks: WideResNet and PreActResNet-18 with M stems and heads, and the one registry.
+"""The networks: WideResNet and PreActResNet-18 with M stems and heads, any Keras backbone wrapped
+(`from_backbone`), and the one registry.
 
-`MODELS` maps each `--model` name to its class; `build_model(name, ...)` builds one and
-`build_from_config(config, info)` builds the network a run trains (training, evaluation from
-checkpoints and export agree on it).
+`MODELS` maps each built-in `--model` name to its class; `--model=<source>:<name or path>` wraps a
+backbone (`backbone.SOURCES`: keras_applications, keras_hub, file). `build_model(name, ...)`
+builds a built-in one and `build_from_config(config, info)` the network a run trains (training,
+evaluation from checkpoints and export agree on it).
 """
 
+import dataclasses
+
+from mixmo_tf.models.backbone import BackboneMixMo, from_backbone, load_backbone, parse_source
 from mixmo_tf.models.layers import DenseMultihead, FusedBatchNorm
 from mixmo_tf.models.network import MixMoModel
 from mixmo_tf.models.preact_resnet import PreActResNet18
@@ -30,9 +35,28 @@ def model_kwargs(config, info) -> dict:
 
 
 def build_from_config(config, info) -> MixMoModel:
-  """The network a run trains (training, evaluation from checkpoints and export agree on it)."""
+  """The network a run trains (training, evaluation from checkpoints and export agree on it):
+  a built-in one, or the backbone `--model=<source>:<argument>` names, wrapped (--depth and
+  --width are the built-in networks' and unused there)."""
+  if parse_source(config.model):
+    backbone = load_backbone(config.model, info.image_shape)
+    return from_backbone(backbone, config.num_members, info.num_classes, info.image_shape)
   return build_model(config.model, **model_kwargs(config, info))
 
 
-__all__ = ["MODELS", "DenseMultihead", "FusedBatchNorm", "MixMoModel", "PreActResNet18",
-           "WideResNet", "build_model", "build_from_config", "model_kwargs"]
+# What the pipeline feeds a network whose stem scales its inputs itself: raw pixel values.
+RAW_PIXELS = dict(mean=(0.0, 0.0, 0.0), std=(1 / 255.0,) * 3)
+
+
+def adapt_info(network, info):
+  """`info` with the normalisation the network expects, so that input scaling happens once: the
+  dataset's mean and std, or raw pixel values (x / 255 undone) for a wrapped backbone whose stem
+  holds its own Rescaling / Normalization layers (`input_scaling == "backbone"`)."""
+  if getattr(network, "input_scaling", "dataset") == "backbone":
+    return dataclasses.replace(info, **RAW_PIXELS)
+  return info
+
+
+__all__ = ["MODELS", "BackboneMixMo", "DenseMultihead", "FusedBatchNorm", "MixMoModel",
+           "PreActResNet18", "WideResNet", "adapt_info", "build_model", "build_from_config",
+           "from_backbone", "model_kwargs"]

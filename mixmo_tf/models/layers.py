@@ -39,7 +39,7 @@ class FusedBatchNorm(keras.layers.Layer):
   statistics of the global batch instead, as the official one-GPU runs do (docs/method.md §12.11,
   §18 item 2); on one replica the fused kernel runs unchanged.
 
-  On other backends (JAX, PyTorch) the same weights go through `_portable_call`, the same equations
+  On other backends (JAX, PyTorch) the same weights go through `portable_call`, the same equations
   in `keras.ops` (float32 statistics, same momentum, epsilon and unbiased moving variance), so a
   `.keras` file loads and predicts the same on any backend. There `synchronized` has no effect:
   a JAX batch sharded by `keras.distribution` is one global array, whose moments are already the
@@ -63,7 +63,7 @@ class FusedBatchNorm(keras.layers.Layer):
 
   def call(self, inputs, training=None):
     if keras.backend.backend() != "tensorflow":
-      return self._portable_call(inputs, training)
+      return self.portable_call(inputs, training)
     import tensorflow as tf  # Lazily: the other backends run without TensorFlow installed.
 
     if training:
@@ -103,7 +103,7 @@ class FusedBatchNorm(keras.layers.Layer):
     self.moving_variance.assign((1.0 - factor) * self.moving_variance.value + factor * unbiased)
     return tf.cast(outputs, inputs.dtype)
 
-  def _portable_call(self, inputs, training):
+  def portable_call(self, inputs, training):
     """The fused kernel's equations in `keras.ops`, for the backends other than TensorFlow.
 
     Training: biased batch mean / variance over N, H, W in float32 normalise; the moving statistics

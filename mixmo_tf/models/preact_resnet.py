@@ -32,6 +32,26 @@ def apply_preact_block(x, filters, strides, name):
   return keras.layers.Add(name=f"{name}_add")([h, x])
 
 
+def apply_preact_trunk(x, width: int):
+  """Everything after the stem: four groups of two blocks (64w .. 512w filters) and global
+  average pooling -> [B, 512w]."""
+  widths = (64 * width, 128 * width, 256 * width, 512 * width)
+  for group, (filters, strides) in enumerate(zip(widths, (1, 2, 2, 2))):
+    for block in range(2):
+      x = apply_preact_block(x, filters, strides if block == 0 else 1,
+                             name=f"group{group + 1}_block{block + 1}")
+  return keras.layers.GlobalAveragePooling2D(name="pool")(x)
+
+
+def preact_resnet18_backbone(width: int = 1, image_shape=(64, 64, 3)) -> keras.Model:
+  """The plain PreActResNet-18-`width` (one stem, no head) as a functional backbone: images ->
+  pooled features [B, 512w]; `models.from_backbone` turns it into `PreActResNet18`'s network."""
+  check_model_arguments("preact_resnet18", width=width)
+  images = keras.Input(tuple(image_shape), name="image")
+  features = apply_preact_trunk(_strided_conv(64, 3, 2, "stem")(images), width)
+  return keras.Model(images, features, name=f"preact_resnet18_{width}")
+
+
 @keras.saving.register_keras_serializable(package="mixmo_tf")
 class PreActResNet18(MixMoModel):
   """MixMo PreActResNet-18-`width`; output logits [B, M, num_classes]."""
@@ -39,17 +59,8 @@ class PreActResNet18(MixMoModel):
   def __init__(self, width=1, num_members=2, num_classes=200, image_shape=(64, 64, 3),
                name="preact_resnet18", folded=False):
     check_model_arguments("preact_resnet18", width=width, num_members=num_members)
-    widths = (64 * width, 128 * width, 256 * width, 512 * width)
-
-    def trunk(x):
-      for group, (filters, strides) in enumerate(zip(widths, (1, 2, 2, 2))):
-        for block in range(2):
-          x = apply_preact_block(x, filters, strides if block == 0 else 1,
-                                 name=f"group{group + 1}_block{block + 1}")
-      return keras.layers.GlobalAveragePooling2D(name="pool")(x)
-
     self._build_graph(num_members, tuple(image_shape),
-                      lambda n: _strided_conv(64, 3, 2, n), trunk,
+                      lambda n: _strided_conv(64, 3, 2, n), lambda x: apply_preact_trunk(x, width),
                       keras.initializers.RandomNormal(stddev=0.01), num_classes, name, folded)
     self._config = dict(width=width, num_members=num_members, num_classes=num_classes,
                         image_shape=tuple(image_shape), name=name, folded=folded)

@@ -1,11 +1,11 @@
 """Verified checkpoints of both engines behind one interface (`CheckpointStore`).
 
 Two formats share `checkpoints/`, one per run: `ckpt-N.weights.npz` (the Keras engine, any
-backend; `array_checkpoints`) and tf.train's `ckpt-N.index` + `.data-*` (the tf.distribute engine;
-`tf_checkpoints`). Every checkpoint gets a `ckpt-N.sha256` sidecar right after it is written; a
-restore first verifies the newest one (sidecar hashes, or every array read when a kill left no
-sidecar) and moves damaged ones to `checkpoints/damaged/` (never deleted), then restores the newest
-intact one. A folder of the other format is refused with a line naming the engine to use.
+backend; `array_checkpoints`) and tf.train's `ckpt-N.index` + `.data-*` (the tf.distribute
+engine; `tf_checkpoints`, its reads in `tf_format`). Every checkpoint gets a `ckpt-N.sha256`
+sidecar right after it is written; a restore first verifies the newest one (sidecar hashes, or
+every array read when a kill left no sidecar) and moves damaged ones to `checkpoints/damaged/`
+(never deleted), then restores the newest intact one. A folder of the other format is refused with a line naming the engine to use.
 """
 
 from __future__ import annotations
@@ -87,15 +87,15 @@ def checkpoint_problem(prefix: str) -> Optional[str]:
     return array_checkpoints.problem(prefix + array_checkpoints.SUFFIX)
   if not os.path.exists(prefix + ".index"):
     return f"{prefix}.index is missing"
-  from mixmo_tf.run_folder import tf_checkpoints
-  return tf_checkpoints.read_problem(prefix)
+  from mixmo_tf.run_folder import tf_format
+  return tf_format.read_problem(prefix)
 
 
 def listed_checkpoints(directory: str) -> List[str]:
   """Checkpoint prefixes, oldest first."""
   if checkpoint_format(directory) == TF:
-    from mixmo_tf.run_folder import tf_checkpoints
-    return tf_checkpoints.listed(directory)
+    from mixmo_tf.run_folder import tf_format
+    return tf_format.listed(directory)
   return array_checkpoints.prefixes(directory)
 
 
@@ -110,8 +110,8 @@ def newest_intact_checkpoint(directory: str) -> Optional[str]:
     problem = checkpoint_problem(prefix)
     if problem is None:
       if damaged and checkpoint_format(directory) == TF:
-        from mixmo_tf.run_folder import tf_checkpoints
-        tf_checkpoints.point_state_at(directory, prefix, candidates + [prefix])
+        from mixmo_tf.run_folder import tf_format
+        tf_format.point_state_at(directory, prefix, candidates + [prefix])
       return prefix
     aside = os.path.join(directory, DAMAGED_DIR)
     os.makedirs(aside, exist_ok=True)
@@ -219,6 +219,6 @@ def load_network_weights(network, directory: str, prefix: Optional[str] = None) 
     array_checkpoints.load(prefix + array_checkpoints.SUFFIX, {"network": network.variables},
                            partial=True)
   else:
-    from mixmo_tf.run_folder import tf_checkpoints
-    tf_checkpoints.load_network(network, prefix)
+    from mixmo_tf.run_folder import tf_format
+    tf_format.load_network(network, prefix)
   return prefix

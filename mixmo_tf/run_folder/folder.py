@@ -7,7 +7,8 @@
     tensorboard/         summaries (where TensorFlow is importable)
     history.json         one entry per epoch (the same schema on both engines)
     model.keras          the trained network; model_folded.keras, its one-stem inference form
-    saved_model/         the serving SavedModel (TensorFlow backend)
+    saved_model/         the serving SavedModel (TensorFlow backend; float32)
+    model.onnx, model.tflite   ONNX and LiteRT exports, written by `python -m mixmo_tf.export`
     results.json         the final metrics, written last: its presence means the run is complete
 
 Rerunning the same command resumes from the newest intact checkpoint; other flags that change the
@@ -30,8 +31,8 @@ from absl import logging
 from mixmo_tf.config import RESUME_KEYS, Config
 from mixmo_tf.data.info import DataInfo
 from mixmo_tf.run_folder import checkpoints as checkpoints_lib
-from mixmo_tf.run_folder.atomic import (TMP_SUFFIX, recover, replace_directory, save_keras_atomic,
-                                        write_json_atomic, write_text_atomic)
+from mixmo_tf.run_folder.atomic import (TMP_SUFFIX, recover, save_keras_atomic, write_json_atomic,
+                                        write_text_atomic)
 from mixmo_tf.run_folder.lock import LOCK_FILE, RunFolderError, RunLock, check_not_running
 
 FLAGS_FILE = "flags.txt"
@@ -63,6 +64,7 @@ class RunFolder:
     self.chief = chief
     self.worker = worker
     self.lock = lock
+    self.created = False  # Made by this run's `prepare` (then `abandon` may remove it).
 
   # -- Opening ----------------------------------------------------------------------------------
 
@@ -77,6 +79,7 @@ class RunFolder:
       return cls(path, chief, worker)
     if not config.overwrite:
       cls(path).check_resumable(config)
+    created = not os.path.exists(path)
     try:
       os.makedirs(path, exist_ok=True)
       lock = RunLock(path)
@@ -88,6 +91,7 @@ class RunFolder:
           if entry.name != LOCK_FILE:
             shutil.rmtree(entry.path) if entry.is_dir() else os.remove(entry.path)
       folder = cls(path, chief, worker, lock)
+      folder.created = created
       folder.remove_partial_writes()
     except BaseException:
       lock.release()
@@ -110,6 +114,16 @@ class RunFolder:
     """Releases the folder's lock (the process ending does it too)."""
     if self.lock is not None:
       self.lock.release()
+
+  def abandon(self) -> None:
+    """Releases the lock after a start that failed (bad data, a network that cannot be built):
+    a folder this run created and left with nothing but its lock file is removed, so a refused
+    start leaves no trace."""
+    self.release()
+    if self.created and self.chief:
+      entries = os.listdir(self.path) if os.path.isdir(self.path) else []
+      if entries in ([], [LOCK_FILE]):
+        shutil.rmtree(self.path, ignore_errors=True)
 
   def file(self, name: str) -> str:
     return os.path.join(self.path, name)
@@ -218,6 +232,12 @@ class RunFolder:
     if self.chief:
       self.guarded(RESULTS, lambda: write_json_atomic(self.file(RESULTS), results))
 
+  def retract_results(self) -> None:
+    """Removes the completion record before more training: a finished run resumed with more
+    epochs is not complete again until it writes a new one."""
+    if self.chief and os.path.exists(self.file(RESULTS)):
+      self.guarded(RESULTS, lambda: os.remove(self.file(RESULTS)))
+
   def read_results(self) -> Dict:
     return self._read_json(RESULTS)
 
@@ -238,10 +258,11 @@ class RunFolder:
       return
     for name, net in ((MODEL, network), (MODEL_FOLDED, network.folded())):
       self.guarded(name, lambda: save_keras_atomic(net, self.file(name)))
-    if saved_model:
+    if saved_model:  # Served in float32 whatever precision trained it, as `export` writes it.
       from mixmo_tf.deploy import tf_saved_model
+      from mixmo_tf.deploy.precision import folded_float32
       self.guarded(SAVED_MODEL, lambda: tf_saved_model.export_saved_model(
-          network, info, self.file(SAVED_MODEL), ensemble=ensemble))
+          folded_float32(network), info, self.file(SAVED_MODEL), ensemble=ensemble))
 
   def model_path(self) -> Optional[str]:
     return self.file(MODEL) if os.path.exists(self.file(MODEL)) else None

@@ -5,7 +5,7 @@ run loop asks for is one `fit` epoch over `TrainBatches` of the run's data order
 that reports every step's loss and accuracy; checkpoints are `ckpt-N.weights.npz` (network, step
 counter, optimizer: `run_folder.checkpoints.ArrayCheckpointStore`). On JAX, --strategy=data_parallel
 (the default there) trains on every local device through keras.distribution.DataParallel with the
-same global batch; the member batch is drawn once and sharded (`trainer._shard_batch`).
+same global batch; the member batch is drawn once and sharded (`trainer.shard_batch`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import keras
 from absl import logging
 
 from mixmo_tf.config import Config
+from mixmo_tf.data.datasets import InMemory
 from mixmo_tf.run_folder import RunFolder
 from mixmo_tf.training import loop
 from mixmo_tf.training.engines import accelerator_present, backend_line
@@ -45,7 +46,7 @@ class KerasEngine:
   def __init__(self, config: Config, info, folder: RunFolder):
     self.config = config
     self.trainer: MixMoTrainer = trainer_from_config(config, info)
-    self.network = self.trainer.network
+    self.network, self.info = self.trainer.network, self.trainer.info
     self.steps_per_epoch = self.trainer.steps_per_epoch
     self.learning_rate = self.trainer.learning_rate_schedule
     self.trainer.optimizer.build(self.network.trainable_variables)
@@ -72,8 +73,18 @@ class KerasEngine:
     step = epoch * self.steps_per_epoch + first_batch
     if step != self.global_step:
       raise RuntimeError(f"The engine is at step {self.global_step}, asked to train from {step}.")
-    span = TrainBatches(batches, epoch, first_batch, num_steps)
-    self.trainer.fit(span, epochs=1, callbacks=[_StepReports(step, report)], verbose=0)
+    callbacks = [_StepReports(step, report)]
+    if not hasattr(batches, "batch"):  # A stream (TFDS): read in order.
+      stream = (((pair, partners),) if partners else (pair,)
+                for pair, partners in batches.span(epoch, first_batch, num_steps))
+      self.trainer.fit(stream, epochs=1, steps_per_epoch=num_steps, callbacks=callbacks,
+                       verbose=0, shuffle=False)
+      return
+    # Files decoded per batch: Keras' worker threads read the next batches during the step.
+    workers = 1 if isinstance(batches.examples, InMemory) else 2
+    span = TrainBatches(batches, epoch, first_batch, num_steps, workers=workers,
+                        max_queue_size=4)
+    self.trainer.fit(span, epochs=1, callbacks=callbacks, verbose=0)
 
 
 def _use_local_devices(config: Config) -> int:
@@ -103,7 +114,7 @@ def run(config: Config) -> Dict:
   try:
     engine = KerasEngine(config, data.info, folder)
   except BaseException:
-    folder.release()
+    folder.abandon()
     raise
   try:
     return loop.RunLoop(config, engine, data, folder, ood_sets).run()

@@ -21,7 +21,7 @@ from absl import logging
 
 from mixmo_tf.config import Config
 from mixmo_tf.core import schedules
-from mixmo_tf.data.batches import EpochBatches
+from mixmo_tf.data.batches import training_batches
 from mixmo_tf.data.datasets import Dataset
 from mixmo_tf.evaluation import metrics, ood
 from mixmo_tf.evaluation.corruptions import corruption_results
@@ -78,19 +78,20 @@ class RunLoop:
   def __init__(self, config: Config, engine, data: Dataset, folder: RunFolder,
                ood_sets: Optional[Dict] = None):
     self.config, self.engine, self.data, self.folder = config, engine, data, folder
+    self.info = engine.info  # The dataset as the network reads it (`models.adapt_info`).
     self.ood_sets = ood_sets or {}
     self.steps_per_epoch = engine.steps_per_epoch
     self.total_steps = self.steps_per_epoch * config.epochs
     if config.max_steps:
       self.total_steps = min(self.total_steps, config.max_steps)
     partners = config.batch_size * config.num_members if config.msda != "none" else 0
-    self.batches = EpochBatches(data.train, config.unique_batch_size, config.seed, partners)
+    self.batches = training_batches(data.train, config.unique_batch_size, config.seed, partners)
     self.summaries = folder.summary_writer()
     self.progress = Progress(
         config.log_every_steps, self.total_steps, config.batch_size, engine.learning_rate,
         lambda epoch: schedules.patch_probability(epoch, config.epochs, config.patch_probability),
         self.summaries, folder.latest_checkpoint)
-    self._predictor = Predictor.from_network(engine.network, data.info)
+    self._predictor = Predictor.from_network(engine.network, self.info)
 
   def run(self) -> Dict:
     """Trains to the end (resuming if a checkpoint exists), evaluates, writes every artifact;
@@ -102,10 +103,12 @@ class RunLoop:
 
   def _run(self) -> Dict:
     c = self.config
-    self.folder.write_run_files(c, self.data.info)
+    self.folder.write_run_files(c, self.info)
     step = self.engine.restore()
     log_resumed(self.folder.latest_checkpoint() if step else None, step)
     history = self.folder.load_history(step)
+    if step < self.total_steps:
+      self.folder.retract_results()  # Not complete again until this run's end.
     last_logits = None
     epoch = step // self.steps_per_epoch
     while step < self.total_steps:
@@ -123,7 +126,7 @@ class RunLoop:
       last = step >= self.total_steps
       if (epoch + 1) % c.eval_frequency == 0 or last:
         last_logits = self._predict_test()
-        entry.update(self._log_evaluation(epoch, step, last_logits))
+        entry.update(self._log_evaluation(epoch, step, *last_logits))
       history.append(entry)
       # History first: a resume keeps the entries up to its checkpoint's step, so a kill between
       # the two writes loses nothing (the other order lost the epoch's entry).
@@ -133,22 +136,24 @@ class RunLoop:
       epoch += 1
     return self._finish(history, last_logits)
 
-  def _predict_test(self) -> np.ndarray:
-    return predict_batches(self._predictor, self.data.test, name="test set")[0]
+  def _predict_test(self):
+    """(member logits [N, M, K], labels [N]) of the whole test set (no example dropped)."""
+    return predict_batches(self._predictor, self.data.test, name="test set")
 
-  def _log_evaluation(self, epoch: int, step: int, logits) -> Dict[str, float]:
-    results = metrics.evaluate_logits(logits, self.data.test.labels, self.config.ensemble)
+  def _log_evaluation(self, epoch: int, step: int, logits, labels) -> Dict[str, float]:
+    results = metrics.evaluate_logits(logits, labels, self.config.ensemble)
     logging.info("epoch %d: test top1 %.4f, top5 %.4f, nll %.4f, members top1 %.4f", epoch + 1,
                  results["top1"], results["top5"], results["nll"], results["top1_members_mean"])
     self.summaries.scalars(step, {f"test/{k}": results[k] for k in SUMMARY_KEYS})
     return {k: results[k] for k in HISTORY_KEYS if k in results}
 
-  def _finish(self, history: List[Dict], test_logits) -> Dict:
+  def _finish(self, history: List[Dict], test) -> Dict:
     """Final metrics (with OOD and corruptions when asked), the models, then results.json."""
     c, network = self.config, self.engine.network
-    if test_logits is None:  # Resumed at the end: nothing was trained in this process.
-      test_logits = self._predict_test()
-    results = metrics.evaluate_logits(test_logits, self.data.test.labels, c.ensemble)
+    if test is None:  # Resumed at the end: nothing was trained in this process.
+      test = self._predict_test()
+    test_logits, labels = test
+    results = metrics.evaluate_logits(test_logits, labels, c.ensemble)
     if self.ood_sets:  # docs/method.md §17: each set scored against the test set.
       results["ood"] = {name: ood.evaluate_ood(test_logits, predict_batches(
           self._predictor, examples, name=f"OOD set {name!r}")[0], c.ensemble)
@@ -158,7 +163,7 @@ class RunLoop:
                                                   c.corruptions_dir, c.ensemble)
     results.update(run_summary(history, self.engine.global_step, self.steps_per_epoch, network))
     results.update(backend=keras.backend.backend(), engine=c.engine)
-    self.folder.write_models(network, self.data.info, c.ensemble,
+    self.folder.write_models(network, self.info, c.ensemble,
                              saved_model=keras.backend.backend() == "tensorflow")
     self.folder.write_results(results)  # The completion record: after every other artifact.
     self.summaries.flush()
@@ -190,7 +195,7 @@ def start_run(config: Config, backend: str, num_replicas: int = 1, accelerator: 
     sets = ood_sets.ood_sets(config.ood, ood_sets.tfds_data_dir(config), data.info.image_shape)
     return config, folder, data, sets
   except BaseException:
-    folder.release()
+    folder.abandon()
     raise
 
 

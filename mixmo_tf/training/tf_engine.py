@@ -19,11 +19,11 @@ import tensorflow as tf
 from mixmo_tf.config import Config
 from mixmo_tf.core import optimizers, schedules, seeds
 from mixmo_tf.core import step as step_lib
-from mixmo_tf.models import build_from_config
+from mixmo_tf.models import adapt_info, build_from_config
 from mixmo_tf.models.layers import set_batch_norm_sync
 from mixmo_tf.run_folder import RunFolder
 from mixmo_tf.training import loop, tf_distribute
-from mixmo_tf.training.engines import accelerator_present, backend_line
+from mixmo_tf.training.engines import backend_line
 
 
 def loss_and_gradients(model, optimizer, spec: step_lib.StepSpec, inputs, targets, masks, kappa):
@@ -64,6 +64,7 @@ class TFDistributeEngine:
                        "training examples per epoch.")
     with strategy.scope():
       self.network = build_from_config(config, info)
+      self.info = adapt_info(self.network, info)  # The normalisation the network expects.
       set_batch_norm_sync(self.network, config.sync_batch_norm)
       self.learning_rate = schedules.schedule_from_config(config, info.num_train)
       # The step counter is ours, not optimizer.iterations: a LossScaleOptimizer does not count
@@ -79,12 +80,13 @@ class TFDistributeEngine:
       checkpoint = tf.train.Checkpoint(model=self.network, optimizer=self.optimizer,
                                        step=self.step)
     self.checkpoints = folder.tf_checkpoints(checkpoint, config.keep_checkpoints)
-    self.spec = step_lib.StepSpec.create(config, info, self.network.mask_shape,
+    self.spec = step_lib.StepSpec.create(config, self.info, self.network.mask_shape,
                                          strategy.num_replicas_in_sync)
     self._root = tf.constant(seeds.step_root(config.seed))
     grad_fn = functools.partial(loss_and_gradients, self.network, self.optimizer, self.spec)
     self._grad_fn = tf.function(grad_fn, jit_compile=True) if config.jit_compile else grad_fn
-    self._train_step = tf.function(self._distributed_step)
+    # (unique batch, step, 1-based epoch) -> (loss, accuracy): one distributed step.
+    self.train_step = tf.function(self._distributed_step)
 
   @property
   def global_step(self) -> int:
@@ -119,8 +121,9 @@ class TFDistributeEngine:
     """The span's batches as a prefetched tf.data source (distributed over the replicas)."""
     msda = self.config.msda != "none"
     pick = (lambda b: b) if msda else (lambda b: b[0])  # ((images, labels), partners) or the pair.
+    sample = next(iter(batches.span(epoch, first, 1)))  # For the shapes and dtypes.
     signature = tf.nest.map_structure(lambda a: tf.TensorSpec(a.shape, tf.as_dtype(a.dtype)),
-                                      pick(batches.batch(epoch, first)))
+                                      pick(sample))
     ds = tf.data.Dataset.from_generator(
         lambda: (pick(b) for b in batches.span(epoch, first, count)),
         output_signature=signature).prefetch(2)
@@ -141,7 +144,7 @@ class TFDistributeEngine:
       raise RuntimeError(f"The engine is at step {self.global_step}, asked to train from {step}.")
     epoch_t = tf.constant(epoch + 1, tf.int64)
     for batch in self._dataset(batches, epoch, first_batch, num_steps):
-      loss, accuracy = self._train_step(batch, tf.constant(step, tf.int64), epoch_t)
+      loss, accuracy = self.train_step(batch, tf.constant(step, tf.int64), epoch_t)
       report(step, loss, accuracy)
       step += 1
 
@@ -158,6 +161,6 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None) -> Di
   try:
     engine = TFDistributeEngine(config, data.info, strategy, folder)
   except BaseException:
-    folder.release()
+    folder.abandon()
     raise
   return loop.RunLoop(config, engine, data, folder, ood_sets).run()

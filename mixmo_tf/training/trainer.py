@@ -34,7 +34,7 @@ loss mean stay global (no 1/R on L2), so the result equals the single-device ste
 Only `trainer.network` is meant to be saved (`network.save("model.keras")`); the trainer has no
 `get_config`: checkpoint it with `save_weights` (network, step counter) if needed. `evaluate` and
 `validation_data` are not supported: evaluate `trainer.network.predict([x] * M)` with
-`mixmo_tf.metrics.evaluate_logits`.
+`mixmo_tf.evaluation.metrics.evaluate_logits`.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class MixMoTrainer(keras.Model):
     """`keras.Model.compile` without a loss or metrics: the trainer brings its own (§5).
 
     On TensorFlow the step runs without XLA ("auto" resolves to False): TF's stateless gamma
-    sampler behind kappa (§3.2) has no XLA kernel, as in the custom loop, whose member batch
+    sampler behind kappa (§3.2) has no XLA kernel, as in the tf.distribute engine, whose member batch
     also stays outside XLA. JAX compiles the whole step.
     """
     for key in _NOT_SUPPORTED_IN_COMPILE:
@@ -148,7 +148,7 @@ class MixMoTrainer(keras.Model):
             f"MixMoTrainer at inference takes one normalised image batch, got a "
             f"{type(data).__name__} of {len(data)}: evaluate/validation_data are not supported; "
             f"use trainer.network.predict([x] * {self.num_members}) and "
-            f"mixmo_tf.metrics.evaluate_logits.")
+            f"mixmo_tf.evaluation.metrics.evaluate_logits.")
       return self.network([data] * self.num_members, training=False)
     (images, labels), partners = self._unpack(data)
     step = ops.convert_to_tensor(self.step_counter)
@@ -156,7 +156,7 @@ class MixMoTrainer(keras.Model):
     epoch = ops.floor_divide(step, self.steps_per_epoch) + 1
     patch_p = schedules.patch_probability(epoch, self.epochs, self.patch_probability)
     batch = step_lib.member_batch(self.spec, images, labels, partners, seed, batch_seed, patch_p)
-    inputs, masks, targets, kappa = _shard_batch(batch.inputs, batch.masks, batch.targets,
+    inputs, masks, targets, kappa = shard_batch(batch.inputs, batch.masks, batch.targets,
                                                  batch.kappa)
     logits = self.network(inputs + [masks], training=True)
     self.step_counter.assign(step + 1)
@@ -203,7 +203,7 @@ class MixMoTrainer(keras.Model):
     return int(ops.convert_to_numpy(self.step_counter))
 
 
-def _shard_batch(inputs, masks, targets, kappa):
+def shard_batch(inputs, masks, targets, kappa):
   """The member batch split along its batch axis under a `keras.distribution` (else unchanged).
 
   Repetition and pairing draw from the whole unique batch, so XLA's partitioner would otherwise
@@ -221,7 +221,7 @@ def _shard_batch(inputs, masks, targets, kappa):
 def _check_arguments(network, spec, seed, steps_per_epoch, epochs, patch_probability, l2):
   """Raises ValueError naming the first argument that cannot work."""
   if not isinstance(spec, step_lib.StepSpec):
-    raise ValueError(f"spec must be a mixmo_tf.step.StepSpec, got {type(spec).__name__}.")
+    raise ValueError(f"spec must be a mixmo_tf.core.step.StepSpec, got {type(spec).__name__}.")
   if spec.num_replicas != 1:
     raise ValueError(f"spec.num_replicas={spec.num_replicas}: the Keras step sees the global "
                      f"batch (docs/method.md §5); create the StepSpec with num_replicas=1.")
@@ -296,8 +296,9 @@ def trainer_from_config(config, info, network=None, **compile_kwargs) -> MixMoTr
   counter: the same while no step is skipped). Under mixed_float16, Keras' compile adds the loss
   scaling.
   """
-  from mixmo_tf.models import build_from_config
+  from mixmo_tf.models import adapt_info, build_from_config
   network = network if network is not None else build_from_config(config, info)
+  info = adapt_info(network, info)  # The normalisation the network expects (a wrapped backbone).
   spec = step_lib.StepSpec.create(config, info, network.mask_shape, num_replicas=1)
   schedule = schedules.schedule_from_config(config, info.num_train)
   trainer = MixMoTrainer(network, spec, seed=config.seed, steps_per_epoch=schedule.steps_per_epoch,
@@ -306,4 +307,5 @@ def trainer_from_config(config, info, network=None, **compile_kwargs) -> MixMoTr
   trainer.compile(optimizer=optimizers.make_optimizer(config.optimizer, schedule),
                   **compile_kwargs)
   trainer.learning_rate_schedule = schedule  # For logs: step -> learning rate.
+  trainer.info = info  # The DataInfo its step normalises with.
   return trainer

@@ -26,9 +26,12 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from mixmo_tf import sample_masks  # noqa: E402
-from mixmo_tf.core import step as step_lib  # noqa: E402
+from mixmo_tf.core import seeds  # noqa: E402
+from mixmo_tf.data import datasets  # noqa: E402
 from mixmo_tf.models.layers import FusedBatchNorm, set_batch_norm_sync  # noqa: E402
-from mixmo_tf.custom_loop import build_trainer  # noqa: E402
+from mixmo_tf.run_folder import RunFolder  # noqa: E402
+from mixmo_tf.training import engines  # noqa: E402
+from mixmo_tf.training.tf_engine import TFDistributeEngine, apply_step  # noqa: E402
 from tests.helpers import tiny_config  # noqa: E402
 
 SYNCHRONIZED = "--unsynchronized" not in sys.argv[1:]
@@ -38,18 +41,23 @@ kw = dict(batch_size=2 * half, batch_repetitions=1, l2=3e-4, lr_warmup_epochs=0.
 
 
 def trainer(strategy):
-  t = build_trainer(tiny_config(tempfile.mkdtemp(), **kw), strategy)
-  assert set_batch_norm_sync(t.model, SYNCHRONIZED) > 0
+  """The tf.distribute engine of a tiny run under `strategy`, its weights seeded alike."""
+  config = engines.resolve(tiny_config(tempfile.mkdtemp(), **kw).validate(), "tensorflow")
+  config.validate(strategy.num_replicas_in_sync)
+  seeds.initialise(config.seed)
+  info = datasets.load(config).info
+  t = TFDistributeEngine(config, info, strategy, RunFolder(config.output_dir))
+  assert set_batch_norm_sync(t.network, SYNCHRONIZED) > 0
   return t
 
 
 def step_fn(t):
-  return tf.function(lambda *args: step_lib.apply_step(t.model, t.optimizer, t.spec, *args))
+  return tf.function(lambda *args: apply_step(t.network, t.optimizer, t.spec, *args))
 
 
 def moving_statistics(t):
   """Per replica, the moving mean and variance of every FusedBatchNorm: [replica][variable]."""
-  variables = [v for layer in t.model.layers if isinstance(layer, FusedBatchNorm)
+  variables = [v for layer in t.network.layers if isinstance(layer, FusedBatchNorm)
                for v in (layer.moving_mean, layer.moving_variance)]
   per_variable = [t.strategy.experimental_local_results(v.value) for v in variables]
   return [[values[r].numpy() for values in per_variable]
@@ -64,7 +72,7 @@ def max_abs_diff(xs, ys):
 mirrored = trainer(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
 single = trainer(tf.distribute.OneDeviceStrategy("/cpu:0"))
 assert mirrored.strategy.num_replicas_in_sync == 2 and single.strategy.num_replicas_in_sync == 1
-for a, b in zip(mirrored.model.weights, single.model.weights):
+for a, b in zip(mirrored.network.weights, single.network.weights):
   np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 # Halves with different distributions, so per-replica statistics would visibly differ.
@@ -85,9 +93,9 @@ def replica_args(ctx):
 distributed = mirrored.strategy.experimental_distribute_values_from_function(replica_args)
 mirrored.strategy.run(step_fn(mirrored), args=distributed)
 single.strategy.run(step_fn(single), args=args_full)
-diff = max_abs_diff(mirrored.model.trainable_weights, single.model.trainable_weights)
+diff = max_abs_diff(mirrored.network.trainable_weights, single.network.trainable_weights)
 fresh = trainer(tf.distribute.OneDeviceStrategy("/cpu:0"))
-moved = max_abs_diff(mirrored.model.trainable_weights, fresh.model.trainable_weights)
+moved = max_abs_diff(mirrored.network.trainable_weights, fresh.network.trainable_weights)
 replica_stats, (single_stats,) = moving_statistics(mirrored), moving_statistics(single)
 bn_diff = max(max_abs_diff(stats, single_stats) for stats in replica_stats)
 replica_bn_diff = max_abs_diff(replica_stats[0], replica_stats[1])
