@@ -7,7 +7,8 @@ Needs only JAX, Keras (and its dependencies), NumPy, Pillow and absl-py: never T
 runs on an accelerator image without it (KERAS_BACKEND defaults to jax here). Within the wall
 budget --minutes it
 (1) reads the CIFAR-10 JPEGs of --data (the tarball, the unpacked `cifar10` folder or its parent)
-    with Pillow, once, into memory;
+    once into memory (`mixmo_tf.data.datasets.folder_listing` and `decode`: Pillow off
+    TensorFlow);
 (2) times the real Keras train step (`MixMoTrainer.fit`: repetition, augmentation, masks,
     forward, backward, SGD) of vanilla WRN-28-10 (M = 1, b = 1) and Cut-MixMo WRN-28-10 (M = 2,
     b = 2), batch 64 counted with repetitions, in float32 and mixed_bfloat16; the first call
@@ -17,8 +18,11 @@ budget --minutes it
     compressed to them (warmup, then x0.1 at 1/3, 2/3 and 3/4 of the steps; p(e) decays over the
     last twelfth of the epochs), printing test Top-1 / NLL per epoch and the ensemble metrics at
     the end.
-Every figure is printed as it comes and written to OUTPUT_DIR/accelerator_run.json, rewritten
-atomically after each one, so an interrupted run keeps what it measured.
+Test-set predictions go through the library's one prediction path
+(`mixmo_tf.evaluation.predict`: `Predictor.from_network`, `predict_batches`), the metrics through
+`mixmo_tf.evaluation.metrics`. Every figure is printed as it comes and written to
+OUTPUT_DIR/accelerator_run.json, rewritten atomically after each one, so an interrupted run keeps
+what it measured.
 
 --smoke runs the same code paths in about a minute on two CPU cores (mostly XLA compiles):
 WRN-10-1, batch 16, a 256-image train subset (only those files are unpacked), 500 test images, a
@@ -315,35 +319,17 @@ def find_dataset_root(data: str, workdir: str, train_subset: int = 0, test_subse
 
 
 def load_data(root: str, train_subset: int, test_subset: int):
-  """(train images, train labels, test images, test labels, DataInfo) decoded with Pillow."""
-  from mixmo_tf.data.datasets import CIFAR_MEAN, CIFAR_STD  # TensorFlow-free, as mixmo_tf.data uses.
-  from mixmo_tf.data.info import DataInfo
-  from mixmo_tf.data.images import decode_images, list_image_folder, probe_size, subset_indices
-  train_paths, train_labels, classes = list_image_folder(root, "train")
-  test_paths, test_labels, test_classes = list_image_folder(root, "test")
-  if classes != test_classes:
-    raise InputError(f"Dataset {root!r}: train and test classes differ ({classes} vs "
-                     f"{test_classes}).")
-  keep = subset_indices(len(train_paths), train_subset)
-  train_paths = [train_paths[i] for i in keep]
-  train_y = np.asarray(train_labels, np.int32)[keep]
+  """The class-folder Dataset under `root` (`datasets.folder_listing`, then `datasets.decode`:
+  Pillow off TensorFlow) with the fixed --train_subset / --test_subset (`images.subset_indices`)."""
+  from mixmo_tf.data import datasets
+  from mixmo_tf.data.images import subset_indices
+  train_paths, train_y, test_paths, test_y, info = datasets.folder_listing(root, train_subset)
   keep = subset_indices(len(test_paths), test_subset)
-  test_paths = [test_paths[i] for i in keep]
-  test_y = np.asarray(test_labels, np.int32)[keep]
-  size = probe_size(train_paths[0])
-  train_x = decode_images(train_paths, size)
-  test_x = decode_images(test_paths, size)
-  # As mixmo_tf.data._load_folder builds it: CIFAR statistics, pad-crop 4 at 32 px, flips.
-  info = DataInfo("folder", len(classes), (size, size, 3), len(train_y), len(test_y),
-                  CIFAR_MEAN, CIFAR_STD, crop_padding=4 * size // 32, flip=True,
-                  class_names=tuple(classes))
-  return train_x, train_y, test_x, test_y, info
-
-
-def normalize(images, info) -> np.ndarray:
-  """uint8 [N, H, W, 3] -> float32 (x / 255 - mean) / std, the network's test-time input."""
-  return ((images.astype(np.float32) / 255.0 - np.float32(info.mean)) /
-          np.float32(info.std)).astype(np.float32)
+  test_paths, test_y = [test_paths[i] for i in keep], test_y[keep]
+  info = dataclasses.replace(info, num_test=len(test_paths))
+  size = info.image_shape[0]
+  return datasets.Dataset(datasets.InMemory(datasets.decode(train_paths, size), train_y),
+                          datasets.InMemory(datasets.decode(test_paths, size), test_y), info)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -415,10 +401,18 @@ def release() -> None:
 # Throughput.
 
 
-def _tile(images, labels, count: int):
-  """The first `count` examples, cycling through the arrays when they hold fewer."""
-  index = np.arange(count) % len(images)
-  return images[index], labels[index]
+def _tile(examples, count: int):
+  """(images, labels): the first `count` examples, cycling through them when they are fewer."""
+  return examples.take(np.arange(count) % len(examples))
+
+
+def timed_predict(predictor, test, args):
+  """(seconds, member logits [N, M, K], labels) of the test set through the library's one
+  prediction path (`evaluation.predict.predict_batches`; blocking: NumPy logits)."""
+  from mixmo_tf.evaluation.predict import predict_batches
+  start = time.perf_counter()
+  logits, labels = predict_batches(predictor, test, args.eval_batch_size, name="test set")
+  return time.perf_counter() - start, logits, labels
 
 
 def timed_fit(trainer, batches, steps: int) -> float:
@@ -432,22 +426,23 @@ def timed_fit(trainer, batches, steps: int) -> float:
   return seconds
 
 
-def measure_step(config, info, train_x, train_y, args, test_x=None) -> dict:
+def measure_step(config, info, train, args, test=None) -> dict:
   """Compile time and median images/s of the real train step (`MixMoTrainer.fit`).
 
   The trainer is built for `bench_steps` batches per epoch of real training images (so one fit
   call is one timed round); its first call (trace, XLA compile, one step) is timed on its own,
-  then `bench_warmup_steps` untimed steps, then `bench_rounds` rounds. With `test_x` (normalised),
-  also the test-set predict time (first call with its compile, then one more).
+  then `bench_warmup_steps` untimed steps, then `bench_rounds` rounds. With `test` (the test
+  examples), also the test-set predict time (first call with its compile, then one more).
   """
-  from mixmo_tf import keras_trainer
+  from mixmo_tf.evaluation.predict import Predictor
+  from mixmo_tf.training.trainer import train_arrays_dataset, trainer_from_config
   steps = args.bench_steps
   unique = config.unique_batch_size
-  images, labels = _tile(train_x, train_y, steps * unique)
+  images, labels = _tile(train, steps * unique)
   bench_info = dataclasses.replace(info, num_train=steps * unique)
   with dtype_policy(config.precision):
-    trainer = keras_trainer.trainer_from_config(config, bench_info)
-  batches = keras_trainer.train_arrays_dataset(images, labels, unique, config.seed)
+    trainer = trainer_from_config(config, bench_info)
+  batches = train_arrays_dataset(images, labels, unique, config.seed)
   compile_s = timed_fit(trainer, batches, 1)
   if args.bench_warmup_steps:
     timed_fit(trainer, batches, min(args.bench_warmup_steps, steps))
@@ -460,28 +455,25 @@ def measure_step(config, info, train_x, train_y, args, test_x=None) -> dict:
             "num_members": config.num_members, "depth": config.depth, "width": config.width,
             "precision": config.precision,
             "params": int(sum(np.prod(w.shape) for w in trainer.network.trainable_weights))}
-  if test_x is not None:
-    inputs = [test_x] * config.num_members
-    start = time.perf_counter()
-    trainer.network.predict(inputs, batch_size=args.eval_batch_size, verbose=0)
-    result["eval_first_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    trainer.network.predict(inputs, batch_size=args.eval_batch_size, verbose=0)
-    result["eval_s"] = time.perf_counter() - start
-    result["eval_images_per_s"] = len(test_x) / result["eval_s"]
+  if test is not None:
+    predictor = Predictor.from_network(trainer.network, info)
+    result["eval_first_s"] = timed_predict(predictor, test, args)[0]
+    result["eval_s"] = timed_predict(predictor, test, args)[0]
+    result["eval_images_per_s"] = len(test) / result["eval_s"]
+    del predictor
   del trainer, batches
   release()
   return result
 
 
-def run_throughput(report, args, configs, info, train_x, train_y, test_x) -> dict:
+def run_throughput(report, args, configs, data) -> dict:
   """Times every (precision, variant); prints and records each figure as it comes."""
   results = {}
   for precision in args.bench_precisions:
     for variant in VARIANTS:
       config = dataclasses.replace(configs[variant], precision=precision)
-      figures = measure_step(config, info, train_x, train_y, args,
-                             test_x if variant == "cutmixmo" else None)
+      figures = measure_step(config, data.info, data.train, args,
+                             data.test if variant == "cutmixmo" else None)
       results.setdefault(precision, {})[variant] = figures
       report.set("throughput", precision, variant, figures)
       evaluation = (f"; test predict {figures['eval_s']:.2f} s ({figures['eval_images_per_s']:.0f}"
@@ -537,7 +529,7 @@ def plan_epochs(args, deadline: float, step_s: float, steps_per_epoch: int, comp
           "estimated_total_s": compile_s + (eval_first_s - eval_s) + epochs * per_epoch}
 
 
-def _deadline_callback(stop_at: float):
+def deadline_callback(stop_at: float):
   """A Keras callback that ends `fit` once time.monotonic() passes `stop_at`."""
   import keras
 
@@ -556,26 +548,30 @@ def _deadline_callback(stop_at: float):
   return StopAtDeadline()
 
 
-def run_training(report, args, config, info, train_x, train_y, test_x, test_y, plan,
-                 deadline: float, eval_s: float) -> dict:
+def run_training(report, args, config, data, plan, deadline: float, eval_s: float) -> dict:
   """Trains with `trainer_from_config` and the compressed schedule; test metrics per epoch."""
-  from mixmo_tf import keras_trainer, metrics, optimizers, schedules
+  from mixmo_tf.core import optimizers, schedules
+  from mixmo_tf.evaluation import metrics
+  from mixmo_tf.evaluation.predict import Predictor
+  from mixmo_tf.training.trainer import train_arrays_dataset, trainer_from_config
+  info = data.info
   epochs = plan["epochs"]
   steps_per_epoch = info.num_train // config.unique_batch_size
   schedule_info = compressed_schedule(config, epochs * steps_per_epoch, info.num_train)
   config = dataclasses.replace(config, epochs=epochs)  # p(e) decays over the last twelfth.
   report.set("training", "schedule", schedule_info)
   with dtype_policy(config.precision):
-    trainer = keras_trainer.trainer_from_config(config, info)
+    trainer = trainer_from_config(config, info)
     # The package's schedule with one "epoch" per step: warmup and decays at step granularity.
     schedule = schedules.WarmupPiecewiseSchedule(
         schedule_info["base_lr"], 1, warmup_steps=schedule_info["warmup_steps"],
         milestones=schedule_info["milestone_steps"], decay_factor=schedule_info["decay_factor"])
     trainer.compile(optimizer=optimizers.make_optimizer(config.optimizer, schedule))
-  batches = keras_trainer.train_arrays_dataset(train_x, train_y, config.unique_batch_size,
-                                               config.seed)
-  stopper = _deadline_callback(deadline - 1.5 * eval_s - (2.0 if args.smoke else 5.0))
-  inputs = [test_x] * config.num_members
+    trainer.learning_rate_schedule = schedule
+  batches = train_arrays_dataset(data.train.images, data.train.labels, config.unique_batch_size,
+                                 config.seed)
+  stopper = deadline_callback(deadline - 1.5 * eval_s - (2.0 if args.smoke else 5.0))
+  predictor = Predictor.from_network(trainer.network, info)
   say(f"[train] Cut-MixMo WRN-{config.depth}-{config.width} M={config.num_members} "
       f"b={config.batch_repetitions} batch {config.batch_size} {config.precision}: {epochs} "
       f"epoch(s) of {steps_per_epoch} steps (estimated {plan['estimated_epoch_s']:.1f} s each), "
@@ -588,10 +584,8 @@ def run_training(report, args, config, info, train_x, train_y, test_x, test_y, p
     history = trainer.fit(batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0,
                           callbacks=[stopper])
     train_s = time.perf_counter() - began
-    began = time.perf_counter()
-    logits = trainer.network.predict(inputs, batch_size=args.eval_batch_size, verbose=0)
-    epoch_eval_s = time.perf_counter() - began
-    result = metrics.evaluate_logits(logits, test_y, config.ensemble, calibrate=False)
+    epoch_eval_s, logits, labels = timed_predict(predictor, data.test, args)
+    result = metrics.evaluate_logits(logits, labels, config.ensemble, calibrate=False)
     entry = {"epoch": epoch + 1, "steps": trainer.global_step, "lr_at_start": lr,
              "p_patch": float(schedules.patch_probability(epoch + 1, epochs,
                                                           config.patch_probability)),
@@ -611,7 +605,7 @@ def run_training(report, args, config, info, train_x, train_y, test_x, test_y, p
         + (" [stopped: budget]" if stopper.stopped else ""))
     if stopper.stopped:
       break
-  final = metrics.evaluate_logits(logits, test_y, config.ensemble)
+  final = metrics.evaluate_logits(logits, labels, config.ensemble)
   report.set("training", "final", final)
   report.set("training", "completed_steps", trainer.global_step)
   report.set("training", "stopped_by_deadline", stopper.stopped)
@@ -621,7 +615,7 @@ def run_training(report, args, config, info, train_x, train_y, test_x, test_y, p
       f"members Top-1 mean {100 * final['top1_members_mean']:.2f}%, diversity (DRE) "
       f"{final.get('diversity_dre', nan):.3f}; {trainer.global_step} steps in "
       f"{time.perf_counter() - start:.1f} s")
-  del trainer, batches
+  del trainer, batches, predictor
   release()
   return final
 
@@ -662,14 +656,12 @@ def _measure(report, args, workdir: str, start: float, deadline: float) -> None:
   unpack_s = time.monotonic() - began
   began = time.monotonic()
   try:  # An unpacking of only the subsets' images holds them all, in the same order.
-    train_x, train_y, test_x_raw, test_y, info = load_data(
-        root, 0 if only_subsets else args.train_subset, 0 if only_subsets else args.test_subset)
-  except InputError:
-    raise
-  except ValueError as error:  # image_folder's: no split or class folder, an undecodable file.
+    data = load_data(root, 0 if only_subsets else args.train_subset,
+                     0 if only_subsets else args.test_subset)
+  except ValueError as error:  # No split or class folder, differing classes, an undecodable file.
     raise InputError(f"--data={args.data!r}: {error}") from None
   decode_s = time.monotonic() - began
-  test_x = normalize(test_x_raw, info)
+  info = data.info
 
   if args.jax_cache_dir and os.environ.get("KERAS_BACKEND") == "jax":
     import jax
@@ -695,7 +687,7 @@ def _measure(report, args, workdir: str, start: float, deadline: float) -> None:
   report.set("paper_config", json.loads(configs["cutmixmo"].to_json()))
 
   began = time.monotonic()
-  throughput = run_throughput(report, args, configs, info, train_x, train_y, test_x)
+  throughput = run_throughput(report, args, configs, data)
   report.set("timeline", "throughput_s", time.monotonic() - began)
 
   precision = args.train_precision
@@ -704,7 +696,7 @@ def _measure(report, args, workdir: str, start: float, deadline: float) -> None:
   bench = throughput.get(precision, {}).get("cutmixmo")
   if bench is None:  # Not timed: time it now.
     bench = measure_step(dataclasses.replace(configs["cutmixmo"], precision=precision), info,
-                         train_x, train_y, args, test_x)
+                         data.train, args, data.test)
   config = dataclasses.replace(configs["cutmixmo"], precision=precision)
   steps_per_epoch = info.num_train // config.unique_batch_size
   plan = plan_epochs(args, deadline, bench["step_ms"] / 1000.0, steps_per_epoch,
@@ -712,8 +704,7 @@ def _measure(report, args, workdir: str, start: float, deadline: float) -> None:
   report.set("training", "precision", precision)
   report.set("training", "plan", plan)
   began = time.monotonic()
-  run_training(report, args, config, info, train_x, train_y, test_x, test_y, plan, deadline,
-               bench["eval_s"])
+  run_training(report, args, config, data, plan, deadline, bench["eval_s"])
   report.set("timeline", "train_s", time.monotonic() - began)
   report.data["timeline"]["total_s"] = time.monotonic() - start
   report.set("status", "done")

@@ -3,8 +3,11 @@
     python benchmarks/augmix_pipeline.py [/path/to/cifar10] [num_steps]
 
 AugMix runs per copy after the crop, in the step (docs/method.md §9). Times one replica's
-`member_batch` (in a tf.function, as the trainer runs it) on 32 unique 32x32 images, M = 2, b = 2
-(128 AugMix-ed copies a step): the CIFAR-10 JPEG folder's first images if given, else random ones.
+`core.step.member_batch` (in a tf.function, as the tf.distribute engine runs it, seeded by
+`core.step.step_seeds` as there) on 32 unique 32x32 images, M = 2, b = 2 (128 AugMix-ed copies a
+step): 32 training images of the CIFAR-10 JPEG folder if given (`data.datasets.load` with
+--train_subset=32: a fixed random subset), else random ones. AugMix is built on tf.image:
+TensorFlow backend only.
 """
 
 import os
@@ -13,54 +16,74 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+import mixmo_tf  # noqa: E402,F401  (first: it sets TensorFlow's environment before it loads)
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-from mixmo_tf import data as data_lib  # noqa: E402
-from mixmo_tf.core import step as step_lib  # noqa: E402
 from mixmo_tf.config import Config  # noqa: E402
+from mixmo_tf.core import seeds  # noqa: E402
+from mixmo_tf.core import step as step_lib  # noqa: E402
+from mixmo_tf.data import datasets  # noqa: E402
+from mixmo_tf.data.info import DataInfo  # noqa: E402
 
 UNIQUE, MEMBERS, REPS = 32, 2, 2
+AUGMIX = dict(augmix_width=3, augmix_depth=4, augmix_severity=3)
+# CIFAR-10's: its statistics, pad-crop 4, flips (as `data.datasets` gives for CIFAR and folders).
+CIFAR_INFO = DataInfo("cifar10", 10, (32, 32, 3), UNIQUE, 0, datasets.CIFAR_MEAN,
+                      datasets.CIFAR_STD, crop_padding=4, flip=True)
 
 
 def images_of(root):
+  """uint8 [UNIQUE, 32, 32, 3]: a fixed subset of the folder's training images, or random."""
   if root is None:
-    return tf.constant(np.random.RandomState(0).randint(0, 256, (UNIQUE, 32, 32, 3)), tf.uint8)
-  config = Config(dataset="folder", data_dir=root, output_dir=tempfile.mkdtemp())
-  train, _, _ = data_lib.load(config)
-  return next(iter(train.batch(UNIQUE)))[0]
+    return np.random.RandomState(0).randint(0, 256, (UNIQUE, 32, 32, 3)).astype(np.uint8)
+  config = Config(dataset="folder", data_dir=root, image_size=32, train_subset=UNIQUE,
+                  output_dir=tempfile.mkdtemp())
+  return datasets.load(config).train.images[:UNIQUE]
 
 
 def seconds_per_step(images, augmix, steps):
-  spec = step_lib.StepSpec(
-      num_members=MEMBERS, batch_repetitions=REPS, input_repetition_probability=0.0,
-      mixing="cutmix", alpha=2.0, weight_root=3.0, msda="none", msda_alpha=1.0,
-      msda_probability=0.5, global_batch_size=UNIQUE * REPS, l2=0.0, num_replicas=1,
-      num_classes=10, crop_padding=4, flip=True, mean=data_lib.CIFAR_MEAN, std=data_lib.CIFAR_STD,
-      mask_shape=(32, 32), augmix=augmix)
+  """Mean seconds of one compiled `member_batch` call (its inputs fetched), after tracing."""
+  import tensorflow as tf
+  config = Config(dataset="cifar10", num_members=MEMBERS, batch_repetitions=REPS,
+                  mixing="cutmix", batch_size=UNIQUE * REPS, augmix=augmix, **AUGMIX)
+  # The stems' grid of a CIFAR WideResNet / PreActResNet: 32x32 (stride-1 stem).
+  spec = step_lib.StepSpec.create(config, CIFAR_INFO, mask_shape=(32, 32))
+  root = tf.constant(seeds.step_root(config.seed))
+  images = tf.constant(images, tf.uint8)
   labels = tf.zeros([UNIQUE], tf.int32)
-  run = tf.function(lambda s: step_lib.member_batch(spec, images, labels, (), tf.stack([s, 0]),
-                                                    tf.constant([1, 2]), 0.5).inputs)
-  run(tf.constant(0))  # Tracing.
+
+  @tf.function
+  def run(step):
+    seed, batch_seed = step_lib.step_seeds(root, step, 0)
+    return step_lib.member_batch(spec, images, labels, (), seed, batch_seed, 0.5).inputs
+
+  run(tf.constant(0, tf.int64))  # Tracing.
   start = time.perf_counter()
   for s in range(1, steps + 1):
-    [x.numpy() for x in run(tf.constant(s))]
+    [x.numpy() for x in run(tf.constant(s, tf.int64))]
   return (time.perf_counter() - start) / steps
 
 
 def main():
-  root = sys.argv[1] if len(sys.argv) > 1 else None
+  if keras.backend.backend() != "tensorflow":
+    print(f"augmix_pipeline: error: AugMix is built on tf.image: it needs KERAS_BACKEND="
+          f"tensorflow, not {keras.backend.backend()}.", file=sys.stderr)
+    return 2
+  root = (sys.argv[1] or None) if len(sys.argv) > 1 else None
   steps = int(sys.argv[2]) if len(sys.argv) > 2 else 10
   images = images_of(root)
-  plain = seconds_per_step(images, (), steps)
-  augmix = seconds_per_step(images, (3, 4, 3), steps)
+  plain = seconds_per_step(images, False, steps)
+  augmix = seconds_per_step(images, True, steps)
   copies = UNIQUE * MEMBERS * REPS
   print(f"member_batch, {UNIQUE} unique x b={REPS} x M={MEMBERS}: plain {1e3 * plain:.1f} ms, "
         f"AugMix (width 3, depth 1-4, severity 3) {1e3 * augmix:.1f} ms per step; AugMix adds "
         f"{1e3 * (augmix - plain):.1f} ms ({1e3 * (augmix - plain) / copies:.2f} ms per copy)")
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

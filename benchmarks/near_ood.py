@@ -11,6 +11,9 @@ f10_wrn281_cutmixmo_bar2.flags) for --epochs, the 10-epoch milestones 4 / 8 / 9 
 evaluates each run with --ood=folder:<ood tree> (docs/method.md §17); prints one Markdown table
 (Top-1 and, per OOD score, AUROC / AUPR-in / AUPR-out / FPR@95) and writes it all to --out as
 JSON. A benchmark, not a test: a run that already holds results.json is evaluated, not retrained.
+Training is `mixmo_tf.training.run` (the engine --engine=auto picks for KERAS_BACKEND, as
+`python -m mixmo_tf.train`), evaluation `mixmo_tf.evaluation.runs.evaluate_run` (as
+`python -m mixmo_tf.evaluate --ood=folder:...`).
 """
 
 import argparse
@@ -27,7 +30,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from absl import flags, logging  # noqa: E402
 
 from mixmo_tf import config as config_lib  # noqa: E402
-from mixmo_tf import evaluate, tables, train  # noqa: E402
+from mixmo_tf import training  # noqa: E402
+from mixmo_tf.evaluation import runs, tables  # noqa: E402
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 RUNS = {"vanilla (M = 1, b = 1)": "f10_wrn281_vanilla_bar1",
@@ -93,10 +97,10 @@ def main():
         lr_decay_epochs=scaled_milestones(args.epochs), train_subset=args.train_subset,
         log_every_steps=100).validate()
     if not os.path.exists(os.path.join(run_dir, "results.json")):
-      train.run(config)
+      training.run(config)
     with open(os.path.join(run_dir, "results.json")) as f:
       trained = json.load(f)
-    metrics = evaluate.evaluate_path(run_dir, ood=(ood_name,))
+    metrics = runs.evaluate_run(run_dir, ood_names=(ood_name,))
     top1[label] = metrics["top1"]
     results[label] = {"run_dir": run_dir, "flagfile": f"flags/cpu/{flagfile}.flags",
                       "top1": metrics["top1"], "nll": metrics["nll"], "ood": metrics["ood"],
