@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from mixmo_tf import build_model, commands, runtime, training
 from mixmo_tf import train as train_command
-from mixmo_tf.evaluation import runs
+from mixmo_tf.evaluation import runs, tables
 from mixmo_tf.evaluation.predict import load_network
 from mixmo_tf.run_folder import RunFolder, RunFolderError, checkpoints
 from mixmo_tf.run_folder.lock import running_holder
@@ -358,10 +358,12 @@ def _last_step(log_path):
 
 
 @pytest.mark.slow
-def test_random_sigkills_lose_nothing(finished_run, flagfile, tmp_path):
+@pytest.mark.parametrize("engine", ["custom", "keras"])
+def test_random_sigkills_lose_nothing(finished_run, flagfile, tmp_path, engine):
   """Kill -9 at random moments (checkpoint and final saves included), rerun, repeat until the run
-  finishes: the final weights equal the uninterrupted run's (`finished_run`, the same flags) and
-  every artifact is valid."""
+  finishes, with either engine: the final weights equal the uninterrupted run's (`finished_run`,
+  the same flags; the engines train the same weights: tests/test_engines.py) and every artifact is
+  valid."""
   out, log = tmp_path / "killed", tmp_path / "log.txt"
   rng = random.Random(1234)
   kills, moments = 0, []
@@ -372,8 +374,8 @@ def test_random_sigkills_lose_nothing(finished_run, flagfile, tmp_path):
   targets = [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH, None]
   while True:
     with open(log, "w") as stderr:
-      proc = subprocess.Popen(cli(out, flagfile), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                              stderr=stderr)
+      proc = subprocess.Popen(cli(out, flagfile, engine=engine), cwd=REPO, env=ENV,
+                              stdout=subprocess.DEVNULL, stderr=stderr)
     if kills < len(targets):
       target = targets[kills]
       hit = (lambda: _last_step(log) >= target) if target else (
@@ -398,9 +400,114 @@ def test_random_sigkills_lose_nothing(finished_run, flagfile, tmp_path):
   assert [(h["epoch"], h["step"]) for h in history] == [(1, 16), (2, 32)]
   assert_valid_final_models(out)
   assert RunFolder.open(str(out)).missing_artifacts() == []
-  for prefix in glob.glob(str(out / "checkpoints" / "*.index")):
-    assert checkpoints.checkpoint_problem(prefix[:-len(".index")]) is None, prefix
+  for prefix in glob.glob(str(out / "checkpoints" / "ckpt-*.sha256")):
+    assert checkpoints.checkpoint_problem(prefix[:-len(".sha256")]) is None, prefix
   assert not leftovers(out), leftovers(out)
+
+
+FINAL_WRITES = ("model.keras", "model_folded.keras", "saved_model", "results.json")
+
+
+@pytest.mark.parametrize("killed_after", FINAL_WRITES[:-1])
+def test_a_kill_after_each_final_write_is_reported_then_completed(finished_run, tmp_path,
+                                                                  monkeypatch, killed_after):
+  """A run killed between two of its final writes (training done, checkpoint written) is
+  unfinished: evaluate says so and names what is missing, tables labels it; the rerun writes the
+  rest without training, and the run is then complete and equal to the uninterrupted one."""
+  source, final = finished_run
+  out = tmp_path / "killed_run"
+  shutil.copytree(source, out)
+  for name in FINAL_WRITES:  # As the run stands when its last checkpoint is written.
+    path = out / name
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+  folder = RunFolder.open(str(out))
+  assert folder.final_artifacts() == FINAL_WRITES  # Trained on TensorFlow: a SavedModel too.
+  written = []
+  guarded = RunFolder.guarded
+
+  def guarded_then_killed(self, name, write):
+    result = guarded(self, name, write)
+    written.append(name)
+    if name == killed_after:
+      raise KeyboardInterrupt(f"killed after writing {name}")
+    return result
+
+  monkeypatch.setattr(RunFolder, "guarded", guarded_then_killed)
+  with pytest.raises(KeyboardInterrupt):
+    training.run(small_config(out))
+  monkeypatch.setattr(RunFolder, "guarded", guarded)
+  done = FINAL_WRITES.index(killed_after) + 1
+  assert written[-done:] == list(FINAL_WRITES[:done])  # In this order, results.json never.
+  missing = list(FINAL_WRITES[done:])
+  assert folder.missing_artifacts() == missing and not folder.is_complete()
+  assert not leftovers(out), leftovers(out)
+  evaluated = runs.evaluate_run(str(out))  # Its model.keras, into the run folder.
+  assert evaluated["unfinished"] == missing
+  assert "| killed_run (unfinished) |" in tables.table([str(out)])
+  monkeypatch.setattr(tf_engine.TFDistributeEngine, "train",
+                      lambda *a: pytest.fail("trained again"))
+  assert training.run(small_config(out))["global_step"] == 32
+  assert folder.missing_artifacts() == [] and folder.is_complete()
+  assert "| killed_run |" in tables.table([str(out)])  # results.json now, not the unfinished metrics.
+  assert_same_weights(weights(out / "model.keras"), final)
+  assert_valid_final_models(out)
+  assert not leftovers(out), leftovers(out)
+
+
+def _old_and_new(tmp_path):
+  """Two complete versions of a directory: `path` (old) and `path.tmp` (new, staged beside)."""
+  path, staged = tmp_path / "saved_model", tmp_path / "saved_model.tmp"
+  for directory, version in ((path, "old"), (staged, "new")):
+    (directory / "variables").mkdir(parents=True)
+    for name in ("saved_model.pb", "variables/variables.index", "variables/variables.data"):
+      (directory / name).write_text(f"{version} {name}")
+  return path, staged
+
+
+def _version(path):
+  """'old' or 'new' where `path` holds that complete version, else what it holds."""
+  files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+  texts = {p.read_text() for p in path.rglob("*") if p.is_file()}
+  versions = {t.split()[0] for t in texts}
+  if len(files) == 3 and len(versions) == 1:
+    return versions.pop()
+  return files
+
+
+@pytest.mark.parametrize("kill_at", ["aside", "in", "remove", "remove_midway"])
+def test_a_kill_at_each_step_of_a_directory_replacement_leaves_a_complete_version(
+    tmp_path, monkeypatch, kill_at):
+  """run_folder.atomic.replace_directory, killed before each of its steps (old renamed aside,
+  new renamed in, aside removed; or midway through the removal): after `recover` (what every
+  reader and writer runs first) the folder holds the old complete version or the new one, never
+  a part, and no aside copy is left."""
+  from mixmo_tf.run_folder import atomic
+  path, staged = _old_and_new(tmp_path)
+  replaces, real_replace = [], os.replace  # atomic.os is os: patched for everyone below.
+
+  def replace(src, dst):
+    replaces.append(src)
+    if (kill_at, len(replaces)) in (("aside", 1), ("in", 2)):
+      raise KeyboardInterrupt(kill_at)
+    real_replace(src, dst)
+
+  def remove(target, **kwargs):
+    if kill_at == "remove":
+      raise KeyboardInterrupt(kill_at)
+    os.remove(os.path.join(target, "saved_model.pb"))  # Part of the old copy deleted, then:
+    raise KeyboardInterrupt(kill_at)
+
+  monkeypatch.setattr(atomic.os, "replace", replace)
+  monkeypatch.setattr(atomic.shutil, "rmtree", remove)
+  with pytest.raises(KeyboardInterrupt):
+    atomic.replace_directory(str(staged), str(path))
+  monkeypatch.undo()
+  atomic.recover(str(path))
+  assert _version(path) == ("old" if kill_at in ("aside", "in") else "new")
+  assert not os.path.exists(str(path) + atomic.ASIDE_SUFFIX)
+  if staged.exists():  # Killed before the new version went in: a rerun's replacement.
+    atomic.replace_directory(str(staged), str(path))
+  assert _version(path) == "new" and not staged.exists()
 
 
 @pytest.mark.parametrize("engine", ["custom", "keras"])

@@ -61,6 +61,7 @@ def test_quickstart_accuracy_and_artifacts(quickstart_run):
   config = json.loads((quickstart_run / "config.json").read_text())
   assert config["precision"] != "auto"
   assert (config["engine"], config["strategy"]) == ("custom", "mirrored")  # auto, resolved
+  assert config["backend"] == "tensorflow"  # Its final artifacts include the SavedModel.
   assert (results["engine"], results["backend"]) == ("custom", "tensorflow")
   # results.json, the completion record, is the newest artifact of the run folder.
   newest = max(os.path.getmtime(p) for p in quickstart_run.rglob("*") if p.is_file()

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from baselines import ensemble
-from mixmo_tf import commands, evaluate, tables, train
+from mixmo_tf import commands, evaluate, export, tables, train
 from tests.helpers import offline, run_python
 
 TINY = ["--dataset=digits", "--depth=10", "--width=1", "--num_members=2", "--batch_size=32",
@@ -265,13 +265,18 @@ def _crafted_models(folder):
 @pytest.mark.parametrize("kind", ["lambda", "backbone", "module"])
 def test_crafted_model_files_are_refused_without_running_their_code(kind, finished, tmp_path,
                                                                     capsys):
-  """evaluate and baselines.ensemble load a run's model.keras in Keras' safe mode: a crafted file
-  is refused in one line naming it, and its code never runs (docs/method.md §20: threat model)."""
+  """evaluate, export and baselines.ensemble load a run's model.keras in Keras' safe mode: a
+  crafted file is refused in one line naming it, and its code never runs (docs/method.md §20:
+  threat model)."""
   files, marker = _crafted_models(tmp_path)
   run = _copy(finished, tmp_path)
   shutil.copy(files[kind], run / "model.keras")
   status, err = _call(evaluate, [str(run), f"--output_dir={tmp_path}/e"], capsys)
   assert status == 1 and f"Cannot load {run / 'model.keras'}" in err, err[-2000:]
+  status, err = _call(export, [f"--run_dir={run}", f"--export_dir={tmp_path}/x",
+                               "--format=saved_model"], capsys)
+  assert status == 1 and f"Cannot load {run / 'model.keras'}" in err, err[-2000:]
+  assert not (tmp_path / "x").exists()
   ensemble_dir = tmp_path / "de"
   shutil.copytree(run, ensemble_dir / "run_0")
   status, err = _call(ensemble, TINY + ["--num_runs=1", f"--output_dir={ensemble_dir}"], capsys)

@@ -14,6 +14,7 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from absl import logging
 
 from mixmo_tf.data import datasets, ood_sets
 from mixmo_tf.evaluation import metrics, ood, tables
@@ -84,6 +85,10 @@ def evaluate_run(path: str, output_dir: Optional[str] = None, ensemble: Optional
   still training is refused unless `allow_running`.
   """
   predictor, folder = load_predictor(path, allow_running)
+  unfinished = folder.missing_artifacts() if not folder.is_complete() else []
+  if unfinished:  # Evaluated all the same (its newest checkpoint, say), and said so.
+    logging.warning("%s is unfinished (%s missing): evaluating what it holds now. Rerun its "
+                    "training command to complete it.", folder.path, ", ".join(unfinished))
   config = test_set_config(folder, data_dir)
   if corruptions:
     config = dataclasses.replace(config, corruptions=corruptions,
@@ -95,6 +100,8 @@ def evaluate_run(path: str, output_dir: Optional[str] = None, ensemble: Optional
   logits, labels = predict_batches(predictor, data.test, name="test set")
   mode = ensemble or config.ensemble
   results = metrics.evaluate_logits(logits, labels, mode)
+  if unfinished:
+    results["unfinished"] = unfinished  # `tables` labels the row so.
   out = output_dir or (path if os.path.isdir(path) and not _is_saved_model(path)
                        else os.path.dirname(os.path.normpath(path)))
   os.makedirs(out, exist_ok=True)

@@ -64,6 +64,8 @@ def load_run_metrics(run_dir: str) -> Dict:
     path = os.path.join(run_dir, name)
     if os.path.exists(path):
       values = _read(path)
+      if values.get("unfinished") and os.path.exists(os.path.join(run_dir, "results.json")):
+        continue  # Evaluated before the run finished, which it since has.
       return values["ensemble"] if name == "ensemble_results.json" else values
   if os.path.exists(os.path.join(run_dir, "config.json")):
     from mixmo_tf.run_folder import RunFolder
@@ -100,6 +102,8 @@ def table(run_dirs: Sequence[str], members: bool = False, timing: bool = False,
                          "with evaluation every epoch).")
       values = dict(best)  # Only what was recorded for that epoch; other columns stay empty.
       rows[f"{run_name(d)} (best on test: epoch {best['epoch']})"] = values
+    elif values.get("unfinished"):  # Evaluated before its run finished (`evaluate_run`).
+      rows[f"{run_name(d)} (unfinished)"] = values
     else:
       rows[run_name(d)] = values
   columns = list(TABLE_COLUMNS)

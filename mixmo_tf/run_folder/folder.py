@@ -24,14 +24,14 @@ import glob
 import json
 import os
 import shutil
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from absl import logging
 
 from mixmo_tf.config import RESUME_KEYS, Config
 from mixmo_tf.data.info import DataInfo
 from mixmo_tf.run_folder import checkpoints as checkpoints_lib
-from mixmo_tf.run_folder.atomic import (TMP_SUFFIX, recover, save_keras_atomic, write_json_atomic,
+from mixmo_tf.run_folder.atomic import (ASIDE_SUFFIX, TMP_SUFFIX, recover, save_keras_atomic, write_json_atomic,
                                         write_text_atomic)
 from mixmo_tf.run_folder.lock import LOCK_FILE, RunFolderError, RunLock, check_not_running
 
@@ -173,11 +173,14 @@ class RunFolder:
 
   # -- Run description --------------------------------------------------------------------------
 
-  def write_run_files(self, config: Config, info: DataInfo) -> None:
-    """flags.txt, config.json and data_info.json: what readers need to rebuild the run."""
+  def write_run_files(self, config: Config, info: DataInfo, backend: str) -> None:
+    """flags.txt, config.json (with the Keras `backend` training runs on) and data_info.json:
+    what readers need to rebuild the run and to know its final artifacts."""
     if not self.chief:
       return
-    for name, text in ((FLAGS_FILE, config.as_flagfile()), (CONFIG, config.to_json()),
+    config_text = json.dumps(dict(json.loads(config.to_json()), backend=backend), indent=2,
+                             sort_keys=True)
+    for name, text in ((FLAGS_FILE, config.as_flagfile()), (CONFIG, config_text),
                        (DATA_INFO, info.to_json())):
       self.guarded(name, lambda: write_text_atomic(self.file(name), text))
 
@@ -245,9 +248,22 @@ class RunFolder:
     """Whether the run finished: its completion record (results.json) exists."""
     return os.path.exists(self.file(RESULTS))
 
+  def final_artifacts(self) -> Tuple[str, ...]:
+    """What a finished run holds besides checkpoints and history, in the order it is written:
+    the two .keras models, the serving SavedModel where the run trains on TensorFlow
+    (config.json's "backend"), then the completion record."""
+    try:
+      backend = self.read_config_dict().get("backend")
+    except ValueError:
+      backend = None
+    return FINAL_MODELS + ((SAVED_MODEL,) if backend == "tensorflow" else ()) + (RESULTS,)
+
   def missing_artifacts(self) -> List[str]:
-    """The final artifacts not (yet) in the folder, the completion record last."""
-    return [name for name in FINAL_MODELS + (RESULTS,) if not os.path.exists(self.file(name))]
+    """The final artifacts not (yet) in the folder, the completion record last. A directory
+    set aside by an interrupted replacement counts as present (`atomic.recover` restores it)."""
+    return [name for name in self.final_artifacts()
+            if not (os.path.exists(self.file(name))
+                    or os.path.isdir(self.file(name) + ASIDE_SUFFIX))]
 
   # -- Models -----------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from mixmo_tf.evaluation import metrics, ood
 from mixmo_tf.evaluation.corruptions import corruption_results
 from mixmo_tf.evaluation.predict import Predictor, predict_batches
 from mixmo_tf.run_folder import RunFolder
-from mixmo_tf.run_folder.folder import log_resumed
+from mixmo_tf.run_folder.folder import SAVED_MODEL, log_resumed
 from mixmo_tf.training.progress import Progress
 
 SUMMARY_KEYS = ("top1", "top5", "nll", "ece", "top1_members_mean")
@@ -103,7 +103,7 @@ class RunLoop:
 
   def _run(self) -> Dict:
     c = self.config
-    self.folder.write_run_files(c, self.info)
+    self.folder.write_run_files(c, self.info, keras.backend.backend())
     step = self.engine.restore()
     log_resumed(self.folder.latest_checkpoint() if step else None, step)
     history = self.folder.load_history(step)
@@ -164,7 +164,7 @@ class RunLoop:
     results.update(run_summary(history, self.engine.global_step, self.steps_per_epoch, network))
     results.update(backend=keras.backend.backend(), engine=c.engine)
     self.folder.write_models(network, self.info, c.ensemble,
-                             saved_model=keras.backend.backend() == "tensorflow")
+                             saved_model=SAVED_MODEL in self.folder.final_artifacts())
     self.folder.write_results(results)  # The completion record: after every other artifact.
     self.summaries.flush()
     return results
