@@ -55,6 +55,17 @@ def _write_errors() -> tuple:
   return (OSError, tf.errors.OpError) if tf is not None and hasattr(tf, "errors") else (OSError,)
 
 
+def read_json(path: str):
+  """A JSON file's value; ValueError naming the file when it is missing or unreadable."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise ValueError(f"{path} is missing.") from None
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}).") from None
+
+
 class RunFolder:
   """One run's output folder, as seen by one worker (only the chief keeps what it writes)."""
 
@@ -185,14 +196,7 @@ class RunFolder:
       self.guarded(name, lambda: write_text_atomic(self.file(name), text))
 
   def _read_json(self, name: str):
-    path = self.file(name)
-    try:
-      with open(path) as f:
-        return json.load(f)
-    except FileNotFoundError:
-      raise ValueError(f"{path} is missing.") from None
-    except (OSError, ValueError) as e:
-      raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}).") from None
+    return read_json(self.file(name))
 
   def read_config_dict(self) -> dict:
     """config.json as saved (keys of older versions kept)."""
