@@ -118,7 +118,7 @@ ROWS = {
     "evaluate: corrupt config.json": (evaluate, lambda f, t: [str(_copy(f, t, lambda d: (
         d / "config.json").write_text("{not json")))], "config.json is unreadable"),
     "evaluate: corrupt model.keras": (evaluate, lambda f, t: [str(_copy(f, t, lambda d: (
-        d / "model.keras").write_bytes(b"garbage")))], "Cannot load"),
+        d / "model.keras").write_bytes(b"garbage")))], "is not a .keras (zip) archive"),
     "evaluate: missing data_info.json": (evaluate, lambda f, t: [str(_copy(f, t, lambda d: (
         d / "data_info.json").unlink()))], "data_info.json is missing"),
     "evaluate: empty OOD folder": (evaluate, lambda f, t: [
@@ -130,11 +130,28 @@ ROWS = {
         d / "results.json").unlink()))], "is unfinished: results.json missing"),
     "tables: corrupt results.json": (tables, lambda f, t: [str(_copy(f, t, lambda d: (
         d / "results.json").write_text("[1, 2")))], "results.json is unreadable"),
+    "evaluate: a run still training": (evaluate, lambda f, t: [str(_held(_copy(f, t)))],
+                                       "is still training"),
+    "export: unknown format": (export, lambda f, t: [
+        f"--run_dir={f / 'run'}", "--format=tensorrt", f"--export_dir={t}/x"],
+                               "--format=tensorrt is not valid"),
+    "export: a folder that is no run": (export, lambda f, t: [
+        f"--run_dir={f / 'foreign'}", f"--export_dir={t}/x"], "is not a run folder"),
     "ensemble: no runs": (ensemble, lambda f, t: TINY + ["--num_runs=0", f"--output_dir={t}/o"],
                           "--num_runs=0"),
     "ensemble: seeds beyond int32": (ensemble, lambda f, t: TINY + [
         "--seed=2147483647", "--num_runs=2", f"--output_dir={t}/o"], "the last run's seed"),
 }
+
+
+_HELD = []  # Locks held for the rest of the session, as a training process would.
+
+
+def _held(folder):
+  """`folder` with its run lock taken, as while a run trains in it."""
+  from mixmo_tf.run_folder.lock import RunLock
+  _HELD.append(RunLock(str(folder)))
+  return folder
 
 
 def _empty(tmp_path):
@@ -265,8 +282,8 @@ def _crafted_models(folder):
 @pytest.mark.parametrize("kind", ["lambda", "backbone", "module"])
 def test_crafted_model_files_are_refused_without_running_their_code(kind, finished, tmp_path,
                                                                     capsys):
-  """evaluate, export and baselines.ensemble load a run's model.keras in Keras' safe mode: a
-  crafted file is refused in one line naming it, and its code never runs (docs/method.md §20:
+  """evaluate, export and baselines.ensemble load a run's model.keras, and `--model=file:` a
+  backbone, in Keras' safe mode: a crafted file is refused in one line naming it, and its code never runs (docs/method.md §20:
   threat model)."""
   files, marker = _crafted_models(tmp_path)
   run = _copy(finished, tmp_path)
@@ -281,4 +298,7 @@ def test_crafted_model_files_are_refused_without_running_their_code(kind, finish
   shutil.copytree(run, ensemble_dir / "run_0")
   status, err = _call(ensemble, TINY + ["--num_runs=1", f"--output_dir={ensemble_dir}"], capsys)
   assert status == 1 and "Cannot load" in err and "run_0" in err, err[-2000:]
+  status, err = _call(train, TINY + [f"--model=file:{files[kind]}", "--image_size=8",
+                                     f"--output_dir={tmp_path}/o"], capsys)
+  assert status == 1 and f"cannot load {files[kind]}" in err, err[-2000:]
   assert not marker.exists()

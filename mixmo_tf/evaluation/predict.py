@@ -148,7 +148,12 @@ def load_network(path: str):
   one (corrupt, not a Keras file, or refused by safe mode)."""
   import keras
 
+  import zipfile
+
   import mixmo_tf  # noqa: F401  (registers the custom layers for safe-mode loading)
+  if os.path.isfile(path) and not zipfile.is_zipfile(path):  # Keras would say "File not found".
+    raise ValueError(f"Cannot load {path} as a MixMo network: it is not a .keras (zip) archive "
+                     "(truncated or overwritten?).")
   try:
     network = keras.models.load_model(path, safe_mode=True)
   except Exception as e:  # pylint: disable=broad-except  (any failure: one line naming the file)
