@@ -60,7 +60,7 @@ _STARTUP_NOISE = (
 _CUINIT_FAILURE = re.compile(rb"\] failed call to cuInit")
 
 
-class _State:
+class State:
   """What `configure_tensorflow_env` found and did, for `onednn_enabled` and the log line."""
   configured = False
   tensorflow_imported_first = False
@@ -82,29 +82,29 @@ def configure_tensorflow_env() -> None:
   Records whether TensorFlow was already imported (then the oneDNN setting cannot take effect and
   `log_environment_once` says so) and which variables the user set. Only the first call acts.
   """
-  if _State.configured:
+  if State.configured:
     return
-  _State.configured = True
-  _State.tensorflow_imported_first = sys.modules.get("tensorflow") is not None
-  _State.onednn_value = _env_value(ONEDNN_VAR)
-  _State.onednn_set_by_user = _State.onednn_value is not None
-  _State.log_level_set_by_user = _env_value(LOG_LEVEL_VAR) is not None
-  if not _State.onednn_set_by_user:
+  State.configured = True
+  State.tensorflow_imported_first = sys.modules.get("tensorflow") is not None
+  State.onednn_value = _env_value(ONEDNN_VAR)
+  State.onednn_set_by_user = State.onednn_value is not None
+  State.log_level_set_by_user = _env_value(LOG_LEVEL_VAR) is not None
+  if not State.onednn_set_by_user:
     os.environ[ONEDNN_VAR] = DEFAULT_ONEDNN
-  if not _State.log_level_set_by_user:
+  if not State.log_level_set_by_user:
     os.environ[LOG_LEVEL_VAR] = DEFAULT_LOG_LEVEL
 
 
 def tensorflow_imported_first() -> bool:
   """True when TensorFlow was imported before mixmo_tf configured the environment."""
-  return _State.tensorflow_imported_first
+  return State.tensorflow_imported_first
 
 
 def onednn_setting_came_too_late() -> bool:
   """True when TensorFlow, imported before mixmo_tf with TF_ENABLE_ONEDNN_OPTS unset, left
   oneDNN off where mixmo_tf would have turned it on."""
-  return (_State.tensorflow_imported_first and not _State.onednn_set_by_user
-          and _onednn_built() and not onednn_enabled())
+  return (State.tensorflow_imported_first and not State.onednn_set_by_user
+          and onednn_built() and not onednn_enabled())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def onednn_setting_came_too_late() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _cpuinfo() -> Dict[str, str]:
+def cpu_info() -> Dict[str, str]:
   """The first value of each key of /proc/cpuinfo ({} where there is none)."""
   fields: Dict[str, str] = {}
   try:
@@ -129,13 +129,13 @@ def _cpuinfo() -> Dict[str, str]:
 def cpu_flags() -> FrozenSet[str]:
   """The CPU's feature flags from /proc/cpuinfo ("flags" on x86, "Features" on Arm); empty
   elsewhere."""
-  info = _cpuinfo()
+  info = cpu_info()
   return frozenset((info.get("flags") or info.get("Features") or "").split())
 
 
 def cpu_model() -> str:
   """A human-readable CPU name, e.g. "Intel(R) Xeon(R) Processor"."""
-  info = _cpuinfo()
+  info = cpu_info()
   for key in ("model name", "Model", "Hardware", "cpu model"):
     if info.get(key):
       return info[key]
@@ -150,7 +150,7 @@ def has_native_bf16() -> bool:
   return any(flag in flags for flag in _NATIVE_BF16_FLAGS)
 
 
-def _onednn_built() -> bool:
+def onednn_built() -> bool:
   """Whether TensorFlow's wheels for this OS and machine are built with oneDNN (INTEL_MKL)."""
   machine = _stdlib_platform.machine().lower()
   if sys.platform.startswith("linux"):
@@ -162,7 +162,7 @@ def _onednn_default() -> bool:
   """TensorFlow 2.21's own default when TF_ENABLE_ONEDNN_OPTS is unset (Linux only)."""
   if not sys.platform.startswith("linux"):
     return False
-  info = _cpuinfo()
+  info = cpu_info()
   neoverse_v1 = info.get("CPU implementer") == "0x41" and info.get("CPU part") == "0xd40"
   return neoverse_v1 or any(flag in cpu_flags() for flag in _ONEDNN_DEFAULT_FLAGS)
 
@@ -178,23 +178,23 @@ def _parse_onednn(value: Optional[str]) -> bool:
 
 def _onednn_value_seen_by_tensorflow() -> Optional[str]:
   """TF_ENABLE_ONEDNN_OPTS as TensorFlow reads (or read) it at its import."""
-  if _State.configured and _State.tensorflow_imported_first:
-    return _State.onednn_value  # TensorFlow read it before mixmo_tf could set it.
+  if State.configured and State.tensorflow_imported_first:
+    return State.onednn_value  # TensorFlow read it before mixmo_tf could set it.
   return _env_value(ONEDNN_VAR)
 
 
 def onednn_enabled() -> bool:
   """Whether TensorFlow's oneDNN kernels are (or will be, at its import) on in this process."""
-  return _onednn_built() and _parse_onednn(_onednn_value_seen_by_tensorflow())
+  return onednn_built() and _parse_onednn(_onednn_value_seen_by_tensorflow())
 
 
 def onednn_source() -> str:
   """Who decided the oneDNN setting, in words for the log."""
-  if not _State.configured:
+  if not State.configured:
     return "mixmo_tf has not configured the environment"
-  if _State.tensorflow_imported_first and not _State.onednn_set_by_user:
+  if State.tensorflow_imported_first and not State.onednn_set_by_user:
     return "TensorFlow's default for this CPU"
-  return "set by you" if _State.onednn_set_by_user else "set by mixmo_tf"
+  return "set by you" if State.onednn_set_by_user else "set by mixmo_tf"
 
 
 def tensorflow_importable(module: str = "tensorflow") -> bool:
@@ -261,7 +261,7 @@ def environment() -> Dict[str, object]:
           "onednn": onednn_enabled(), "onednn_source": onednn_source(),
           "tf_enable_onednn_opts": _onednn_value_seen_by_tensorflow(),
           "tf_cpp_min_log_level": os.environ.get(LOG_LEVEL_VAR),
-          "tensorflow_imported_first": _State.tensorflow_imported_first}
+          "tensorflow_imported_first": State.tensorflow_imported_first}
 
 
 def environment_line() -> str:
@@ -271,7 +271,7 @@ def environment_line() -> str:
   setting = f"{ONEDNN_VAR}={value}" if value is not None else f"{ONEDNN_VAR} unset"
   line = (f"oneDNN {state} ({setting}, {onednn_source()}); CPU: {cpu_model()}, "
           f"native bf16: {'yes' if has_native_bf16() else 'no'}.")
-  if _State.tensorflow_imported_first and not _State.onednn_set_by_user:
+  if State.tensorflow_imported_first and not State.onednn_set_by_user:
     line += (f" TensorFlow was imported before mixmo_tf: {ONEDNN_VAR} could not take effect; "
              f"import mixmo_tf first or export {ONEDNN_VAR}={DEFAULT_ONEDNN}.")
   return line
@@ -280,9 +280,9 @@ def environment_line() -> str:
 def log_environment_once() -> bool:
   """Logs `environment_line()` once per process (absl logging; WARNING when
   `onednn_setting_came_too_late`, else INFO). Returns whether it logged now."""
-  if _State.logged:
+  if State.logged:
     return False
-  _State.logged = True
+  State.logged = True
   from absl import logging  # absl-py is TensorFlow-free.
   log = logging.warning if onednn_setting_came_too_late() else logging.info
   log("%s", environment_line())
@@ -335,7 +335,7 @@ def quiet_tensorflow_import(probe_devices: bool = True) -> Iterator[None]:
   inside the block so that cuInit's expected failure is dropped too (cheap, and
   `tf.config.set_visible_devices` / memory growth stay allowed after it).
   """
-  if (not _State.configured or _State.log_level_set_by_user
+  if (not State.configured or State.log_level_set_by_user
       or sys.modules.get("tensorflow") is not None):
     yield
     return

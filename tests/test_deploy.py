@@ -285,3 +285,20 @@ def test_float32_network_rebuilds_a_bf16_backbone_network():
   x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype(np.float32)
   reduced, full = (keras.ops.convert_to_numpy(n([x, x], training=False)) for n in (network, clone))
   assert full.dtype == np.float32 and np.abs(reduced - full).max() < 0.1
+
+
+def test_a_run_trained_on_jax_exports_here_and_serves_its_predictions(jax_session, tmp_path):
+  """A run trained under JAX (tests/scripts/jax_session.py, TensorFlow absent there) exported
+  where TensorFlow is: the SavedModel's `probs` on the digits test set equal the ensemble of the
+  member logits JAX computed from the same model.keras (the 'logits' rule, 1e-4)."""
+  import tensorflow as tf
+  run = jax_session.out / "ensemble" / "run_0"
+  assert json.loads((run / "config.json").read_text())["backend"] == "jax"
+  assert commands.call(export, [f"--run_dir={run}", f"--export_dir={tmp_path}",
+                                "--format=saved_model"]) == 0
+  serve = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
+  images = datasets.digits_dataset().test.images
+  probs = serve(images=tf.constant(images))["probs"].numpy()
+  jax_logits = np.load(jax_session.out / "test_logits.npy")  # [N, M, K], under JAX.
+  expected = keras.ops.convert_to_numpy(keras.ops.softmax(jax_logits.mean(axis=1)))
+  np.testing.assert_allclose(probs, expected, atol=1e-4)

@@ -478,10 +478,10 @@ def _version(path):
 def test_a_kill_at_each_step_of_a_directory_replacement_leaves_a_complete_version(
     tmp_path, monkeypatch, kill_at):
   """run_folder.atomic.replace_directory, killed before each of its steps (old renamed aside,
-  new renamed in, aside removed; or midway through the removal): after `recover` (what every
-  reader and writer runs first) the folder holds the old complete version or the new one, never
-  a part, and no aside copy is left."""
-  from mixmo_tf.run_folder import atomic
+  new renamed in, aside removed; or midway through the removal): once a reader opens the run
+  (`RunFolder.open`, which runs `atomic.recover`) the folder holds the old complete version or
+  the new one, never a part, and no aside copy is left."""
+  from mixmo_tf.run_folder import RunFolder, atomic
   path, staged = _old_and_new(tmp_path)
   replaces, real_replace = [], os.replace  # atomic.os is os: patched for everyone below.
 
@@ -502,7 +502,8 @@ def test_a_kill_at_each_step_of_a_directory_replacement_leaves_a_complete_versio
   with pytest.raises(KeyboardInterrupt):
     atomic.replace_directory(str(staged), str(path))
   monkeypatch.undo()
-  atomic.recover(str(path))
+  (tmp_path / "config.json").write_text("{}")  # A run folder: `path` is its saved_model/.
+  RunFolder.open(str(tmp_path))
   assert _version(path) == ("old" if kill_at in ("aside", "in") else "new")
   assert not os.path.exists(str(path) + atomic.ASIDE_SUFFIX)
   if staged.exists():  # Killed before the new version went in: a rerun's replacement.

@@ -248,7 +248,7 @@ def test_synchronized_batch_norm_branch_matches_the_fused_kernel(monkeypatch, co
   x = tf.constant(rng.normal(1.0, 2.0, (6, 3, 3, 4)), tf.float32)
   weights = tf.constant(rng.normal(size=(6, 3, 3, 4)), tf.float32)  # Gradients far from 0.
   synced, fused = _batch_norm_pair(x)
-  monkeypatch.setattr(common, "_replica_context_in_sync", lambda: _FakeReplicaContext(copies))
+  monkeypatch.setattr(common, "replica_context_in_sync", lambda: _FakeReplicaContext(copies))
   results = []
   for layer, inputs in [(synced, x), (fused, tf.concat([x] * copies, 0))]:
     with tf.GradientTape() as tape:

@@ -88,7 +88,7 @@ def test_tensorflow_imported_first_is_logged_once():
       runtime = importlib.util.module_from_spec(spec)
       sys.modules["mixmo_tf.runtime"] = runtime
       spec.loader.exec_module(runtime)
-      runtime._onednn_default = lambda: False
+      runtime.cpu_flags = lambda: frozenset({'avx', 'avx2', 'fma'})  # An AVX2-only CPU.
       import tensorflow
       import mixmo_tf
       assert runtime.tensorflow_imported_first() and not runtime.onednn_enabled()
@@ -148,10 +148,10 @@ def test_resolve_precision_names_a_bad_value():
 ])
 def test_onednn_enabled_mirrors_tensorflow(monkeypatch, value, flags, expected):
   monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(flags))
-  monkeypatch.setattr(runtime, "_cpuinfo", lambda: {})
-  monkeypatch.setattr(runtime, "_onednn_built", lambda: True)
+  monkeypatch.setattr(runtime, "cpu_info", lambda: {})
+  monkeypatch.setattr(runtime, "onednn_built", lambda: True)
   monkeypatch.setattr(runtime.sys, "platform", "linux")
-  monkeypatch.setattr(runtime._State, "tensorflow_imported_first", False)
+  monkeypatch.setattr(runtime.State, "tensorflow_imported_first", False)
   if value is None:
     monkeypatch.delenv(runtime.ONEDNN_VAR, raising=False)
   else:

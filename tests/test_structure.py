@@ -99,6 +99,13 @@ def test_only_modules_named_tf_need_tensorflow():
                  if not m.rsplit(".", 1)[-1].startswith("tf"))
   tf_named = sorted(m for m in import_graph()[0] if m.rsplit(".", 1)[-1].startswith("tf"))
   assert {"mixmo_tf.training.tf_engine", "mixmo_tf.data.tfds"} <= set(tf_named)
+  for module in tf_named:  # And each of them does need it: it imports TensorFlow (or tf2onnx).
+    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+    imported = {alias.name.split(".")[0] for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in (node.names if isinstance(node, ast.Import)
+                              else [ast.alias(node.module or "")])}
+    assert imported & {"tensorflow", "tensorflow_datasets", "tf2onnx"}, module
   code = ("import importlib\n"
           f"for name in {names!r}:\n"
           "  importlib.import_module(name)\n"
@@ -137,3 +144,30 @@ def test_nothing_loads_files_unsafely():
     for line in path.read_text().splitlines():
       if "load_model(" in line and "def " not in line:
         assert "safe_mode=True" in line, (path, line)
+
+
+def test_no_test_touches_a_private_member_of_the_package():
+  """Tests use the package's public names only: no `module._name` of a mixmo_tf import, no
+  `monkeypatch.setattr(module, "_name", ...)`."""
+  for path in sorted((REPO / "tests").rglob("*.py")):
+    tree = ast.parse(path.read_text())
+    ours = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mixmo_tf"):
+        ours |= {alias.asname or alias.name for alias in node.names}
+      elif isinstance(node, ast.Import):
+        ours |= {alias.asname or alias.name.split(".")[0] for alias in node.names
+                 if alias.name.startswith("mixmo_tf")}
+    for node in ast.walk(tree):
+      private = None
+      if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+          and not node.attr.startswith("__") and isinstance(node.value, ast.Name)
+          and node.value.id in ours):
+        private = f"{node.value.id}.{node.attr}"
+      elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "setattr" and len(node.args) >= 2
+            and isinstance(node.args[0], ast.Name) and node.args[0].id in ours
+            and isinstance(node.args[1], ast.Constant) and str(node.args[1].value).startswith("_")
+            and not str(node.args[1].value).startswith("__")):
+        private = f"{node.args[0].id}.{node.args[1].value}"
+      assert private is None, (path.name, node.lineno, private)

@@ -121,7 +121,6 @@ def test_prepare_path_modules_import():
   for name in ("cifar10", "cifar100", "cifar10_corrupted/fog_1"):
     builder = tfds.builder(name, data_dir="/nonexistent/tfds")
     assert os.path.isfile(builder.code_path), builder.code_path
-    assert os.path.isfile(builder._checksums_path), name  # pylint: disable=protected-access
     assert builder.url_infos, name  # Reads the registered checksums.
 
 

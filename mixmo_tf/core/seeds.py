@@ -6,7 +6,11 @@
     |  all replicas) then with the replica id (docs/method.md §3.2 step 7): split in four streams,
     |  repetition, crop/flip, MSDA and masks (`core.step.member_batch`); AugMix folds in 0xA065
     |- data order of epoch e: a NumPy permutation keyed by [s, e, 0]   (`epoch_order`)
-    `- MSDA partners of epoch e: NumPy permutations keyed by [s, e, 1] (`partner_order`)
+    |- MSDA partners of epoch e: NumPy permutations keyed by [s, e, 1] (`partner_order`)
+    |- ImageNet folders' random resized crop of example i in epoch e: [s, e, i, 0xC0]
+    |  (`crop_generator`, `data.image_files`)
+    `- TFDS imagenet2012, read as a stream: file and buffer shuffles of epoch e from [s, e, 7]
+       (`stream_shuffle_seed`), the crop at position j from fold_in([s, e], j) (`data.tfds`)
 
 Fixed on purpose, the same in every run whatever its seed: the training subset (`data.images
 .subset_indices`, seed 0), the digits train/test split (seed 0) and the test-set halves of the
@@ -53,3 +57,14 @@ def partner_order(seed: int, epoch: int, num_examples: int, length: int) -> np.n
   generator = np.random.default_rng([seed, epoch, 1])
   count = max(1, -(-length // num_examples))
   return np.concatenate([generator.permutation(num_examples) for _ in range(count)])
+
+
+def crop_generator(seed: int, epoch: int, index: int) -> np.random.Generator:
+  """The generator of example `index`'s random resized crop in the 0-based `epoch` (ImageNet
+  folders, docs/method.md §9.1): a resumed run redraws the same boxes."""
+  return np.random.default_rng([seed, epoch, index, 0xC0])
+
+
+def stream_shuffle_seed(seed: int, epoch: int) -> int:
+  """A non-negative int64 seed of the 0-based `epoch`'s shuffles of a streamed TFDS set."""
+  return int(np.random.SeedSequence([seed, epoch, 7]).generate_state(1)[0] >> 1)

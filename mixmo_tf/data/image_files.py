@@ -20,6 +20,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mixmo_tf.core import seeds
 from mixmo_tf.data.images import decode_images
 
 TRANSFORMS = ("resize", "imagenet")
@@ -111,7 +112,7 @@ class ImageFiles:
     from PIL import Image
     image = _open_rgb(self.paths[index])
     if self.train:
-      rng = np.random.default_rng([self.seed, epoch or 0, index, 0xC0])
+      rng = seeds.crop_generator(self.seed, epoch or 0, index)
       box = random_resized_box(image.width, image.height, rng)
       return np.asarray(image.resize((size, size), Image.BILINEAR, box=box))
     new_w, new_h, box = centre_box(image.width, image.height, size)

@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from mixmo_tf.core import seeds
 from mixmo_tf.data.errors import DatasetUnavailableError
 
 # Longest underlying reason quoted in a DatasetUnavailableError (one line).
@@ -176,7 +177,7 @@ class TFDSStream:
 
   def _dataset(self, epoch: int):
     import tensorflow_datasets as tfds
-    epoch_seed = int(np.random.SeedSequence([self.seed, epoch, 7]).generate_state(1)[0] >> 1)
+    epoch_seed = seeds.stream_shuffle_seed(self.seed, epoch)
     read = tfds.ReadConfig(shuffle_seed=epoch_seed)
     ds = self.builder.as_dataset(split=self.split, as_supervised=True, read_config=read,
                                  shuffle_files=self.train)

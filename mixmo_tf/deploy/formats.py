@@ -1,4 +1,5 @@
-"""The deployment formats, their artifacts and what exporting each needs (no TensorFlow, no Keras).
+"""The deployment formats, their artifacts and what exporting each needs (this module imports
+neither TensorFlow nor the converters: it only names them).
 
 Every artifact serves the same function (`tf_serving`): one input `images`, uint8 [N, H, W, 3]
 with any N, and two outputs, `probs` (the ensemble [N, K], by the run's --ensemble rule) and

@@ -60,16 +60,17 @@ def _read(path: str) -> Dict:
 def load_run_metrics(run_dir: str) -> Dict:
   """The metrics of a run folder (the first of SOURCES found); ValueError naming an unfinished
   run's missing artifacts, or a folder that is no run."""
+  from mixmo_tf.run_folder import RunFolder
+  from mixmo_tf.run_folder.folder import CONFIG
+  folder = RunFolder(run_dir)
   for name in SOURCES:
-    path = os.path.join(run_dir, name)
-    if os.path.exists(path):
-      values = _read(path)
-      if values.get("unfinished") and os.path.exists(os.path.join(run_dir, "results.json")):
+    if os.path.exists(folder.file(name)):
+      values = _read(folder.file(name))
+      if values.get("unfinished") and folder.is_complete():
         continue  # Evaluated before the run finished, which it since has.
       return values["ensemble"] if name == "ensemble_results.json" else values
-  if os.path.exists(os.path.join(run_dir, "config.json")):
-    from mixmo_tf.run_folder import RunFolder
-    missing = RunFolder(run_dir).missing_artifacts()
+  if os.path.exists(folder.file(CONFIG)):
+    missing = folder.missing_artifacts()
     raise ValueError(f"{run_dir!r} is unfinished: {', '.join(missing)} missing. Rerun its "
                      "training command to complete it (a finished training is not repeated).")
   raise ValueError(f"{run_dir!r} is not a run folder: it holds none of {', '.join(SOURCES)}.")

@@ -67,7 +67,7 @@ class FusedBatchNorm(keras.layers.Layer):
     import tensorflow as tf  # Lazily: the other backends run without TensorFlow installed.
 
     if training:
-      replica = _replica_context_in_sync() if self.synchronized else None
+      replica = replica_context_in_sync() if self.synchronized else None
       if replica is not None:
         return self._synchronized_training_call(inputs, replica)
     fused = functools.partial(
@@ -135,7 +135,7 @@ class FusedBatchNorm(keras.layers.Layer):
                 synchronized=self.synchronized)
 
 
-def _replica_context_in_sync():
+def replica_context_in_sync():
   """The current replica context when it spans more than one replica, else None (no strategy,
   one replica, or cross-replica context). TensorFlow backend only."""
   import tensorflow as tf

@@ -3,8 +3,9 @@
 Files are written under a temporary name and renamed over the final one (`os.replace` is atomic
 on POSIX). Directories cannot be renamed over a non-empty one, so `replace_directory` renames the
 old version aside (`<path>.old`), renames the new one in, then removes the aside copy; a kill
-between the two renames leaves no `<path>`, and `recover` (called by every reader and writer)
-renames the aside copy back.
+between the two renames leaves no `<path>`, and `recover` renames the aside copy back: run by
+`replace_directory` itself, by a training run's start (`RunFolder.prepare`) and by every reader
+that opens a run no writer holds (`RunFolder.open`).
 """
 
 from __future__ import annotations

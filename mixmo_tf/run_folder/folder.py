@@ -66,6 +66,14 @@ def read_json(path: str):
     raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}).") from None
 
 
+def _recover_if_writable(path: str) -> None:
+  """`atomic.recover`, skipped in a read-only copy of a run (then what is there is read)."""
+  try:
+    recover(path)
+  except OSError:
+    pass
+
+
 class RunFolder:
   """One run's output folder, as seen by one worker (only the chief keeps what it writes)."""
 
@@ -112,13 +120,16 @@ class RunFolder:
   @classmethod
   def open(cls, path: str, allow_running: bool = False) -> "RunFolder":
     """For reading a run (evaluate, export, tables, ensembles): ValueError when `path` is not a
-    run folder, RunFolderError while a run still trains in it (unless `allow_running`)."""
+    run folder, RunFolderError while a run still trains in it (unless `allow_running`); an
+    interrupted replacement of its SavedModel is completed first (`atomic.recover`)."""
     if not os.path.isdir(path):
       raise ValueError(f"{path!r} is not a directory (expected a run's --output_dir).")
     folder = cls(path)
     if not os.path.exists(folder.file(CONFIG)):
       raise ValueError(f"{path!r} is not a run folder: it has no {CONFIG}.")
     check_not_running(path, allow_running)
+    if not allow_running:  # No writer is at work: complete an interrupted directory replacement.
+      _recover_if_writable(folder.file(SAVED_MODEL))
     return folder
 
   def release(self) -> None:

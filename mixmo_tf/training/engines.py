@@ -17,7 +17,6 @@ cannot run here, naming the flag and the backend.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 from absl import logging
@@ -26,6 +25,8 @@ from mixmo_tf import runtime
 from mixmo_tf.config import Config
 from mixmo_tf.data import corrupted, ood_sets
 from mixmo_tf.data.datasets import TFDS_DATASETS, tfds_importable
+from mixmo_tf.run_folder import RunFolder
+from mixmo_tf.run_folder.folder import CONFIG
 
 TF_STRATEGIES = ("mirrored", "multi_worker", "tpu")  # tf.distribute: the custom engine's.
 KERAS_STRATEGIES = ("data_parallel", "one_device")  # keras.distribution: the Keras engine's.
@@ -100,16 +101,16 @@ def accelerator_present(backend: str) -> bool:
   return False
 
 
-def resolve_precision(config: Config, backend: str, accelerator: bool) -> Config:
+def with_precision(config: Config, backend: str, accelerator: bool) -> Config:
   """Config with --precision=auto resolved for this machine (runtime.resolve_precision), or the
   precision of the run being resumed, so a resume never switches it silently; logged."""
-  saved = os.path.join(config.output_dir, "config.json")
+  folder = RunFolder(config.output_dir)
   precision, reason = None, ""
-  if config.precision == "auto" and not config.overwrite and os.path.exists(saved):
+  if config.precision == "auto" and not config.overwrite and os.path.exists(folder.file(CONFIG)):
     try:
-      with open(saved) as f:
-        precision, reason = json.load(f).get("precision", "float32"), "kept from the resumed run"
-    except (OSError, ValueError):
+      precision = folder.read_config_dict().get("precision", "float32")
+      reason = "kept from the resumed run"
+    except ValueError:
       precision = None  # An unreadable config.json is reported by the resume check.
   if precision is None:
     precision = runtime.resolve_precision(config.precision, backend, accelerator)

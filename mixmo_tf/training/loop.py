@@ -180,9 +180,9 @@ def start_run(config: Config, backend: str, num_replicas: int = 1, accelerator: 
   """
   from mixmo_tf.core import seeds
   from mixmo_tf.data import datasets, ood_sets
-  from mixmo_tf.training.engines import resolve_precision
+  from mixmo_tf.training.engines import with_precision
   config.validate(num_replicas)
-  config = resolve_precision(config, backend, accelerator)
+  config = with_precision(config, backend, accelerator)
   folder = RunFolder.prepare(config, chief, worker)
   try:
     if config.corruptions == "cifar10_c" and not _released(config.corruptions_dir):
