@@ -53,8 +53,9 @@ def state_arrays(folder: str, engine: str):
     return prefix, arrays
   import tensorflow as tf
   reader = tf.train.load_checkpoint(prefix)
-  return prefix, {name: reader.get_tensor(name)
-                  for name in reader.get_variable_to_shape_map() if "save_counter" not in name}
+  dtypes = reader.get_variable_to_dtype_map()  # Numbers only: not the object graph (a string).
+  return prefix, {name: reader.get_tensor(name) for name, dtype in dtypes.items()
+                  if dtype != tf.string and "save_counter" not in name}
 
 
 def where(folder: str, log: str) -> str:

@@ -289,16 +289,18 @@ def test_float32_network_rebuilds_a_bf16_backbone_network():
 
 def test_a_run_trained_on_jax_exports_here_and_serves_its_predictions(jax_session, tmp_path):
   """A run trained under JAX (tests/scripts/jax_session.py, TensorFlow absent there) exported
-  where TensorFlow is: the SavedModel's `probs` on the digits test set equal the ensemble of the
-  member logits JAX computed from the same model.keras (the 'logits' rule, 1e-4)."""
+  where TensorFlow is: the SavedModel's `probs` on the digits test set equal the run's own
+  network through the evaluation path (its model.keras and data_info.json; the 'logits' rule).
+  That this network computes JAX's logits on TensorFlow is tests/test_no_tensorflow.py's check."""
   import tensorflow as tf
   run = jax_session.out / "ensemble" / "run_0"
   assert json.loads((run / "config.json").read_text())["backend"] == "jax"
   assert commands.call(export, [f"--run_dir={run}", f"--export_dir={tmp_path}",
                                 "--format=saved_model"]) == 0
   serve = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
-  images = datasets.digits_dataset().test.images
-  probs = serve(images=tf.constant(images))["probs"].numpy()
-  jax_logits = np.load(jax_session.out / "test_logits.npy")  # [N, M, K], under JAX.
-  expected = keras.ops.convert_to_numpy(keras.ops.softmax(jax_logits.mean(axis=1)))
-  np.testing.assert_allclose(probs, expected, atol=1e-4)
+  test = datasets.digits_dataset().test
+  probs = serve(images=tf.constant(test.images))["probs"].numpy()
+  predictor = Predictor.from_network(load_network(str(run / "model.keras")),
+                                     RunFolder.open(str(run)).read_data_info())
+  logits = predictor(test.images)
+  np.testing.assert_allclose(probs, metrics.ensemble_probs(logits, "logits"), atol=TOLERANCE)
