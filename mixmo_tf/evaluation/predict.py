@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import zipfile
 from typing import Callable, Iterable, Optional, Tuple
 
 import numpy as np
@@ -147,8 +148,6 @@ def load_network(path: str):
   """A MixMo network from a .keras file, in safe mode; ValueError naming the file if it is not
   one (corrupt, not a Keras file, or refused by safe mode)."""
   import keras
-
-  import zipfile
 
   import mixmo_tf  # noqa: F401  (registers the custom layers for safe-mode loading)
   if os.path.isfile(path) and not zipfile.is_zipfile(path):  # Keras would say "File not found".
